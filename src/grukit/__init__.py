@@ -1,0 +1,22 @@
+"""grukit: the GRU family for PyTorch.
+
+``grukit.GRU`` is a drop-in for ``torch.nn.GRU`` that also runs the GRU variants of the
+literature (``variant=``) on a pure-PyTorch reference or fused CPU kernels (``backend=``).
+"""
+
+from grukit.rnn import GRU, GRUCell, count_parameters
+from grukit.variants import ALL_VARIANTS, BASELINES, VARIANTS, Variant, get_variant
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRU",
+    "GRUCell",
+    "count_parameters",
+    "ALL_VARIANTS",
+    "BASELINES",
+    "VARIANTS",
+    "Variant",
+    "get_variant",
+    "__version__",
+]

@@ -1,0 +1,791 @@
+// grukit fused CPU kernels: one layer-direction of any GRU variant over a whole (packed) sequence,
+// forward and backward, in one call each.
+//
+// Structure (see grukit/fused.py for the Python side and grukit/variants.py for the math):
+//   * the input projection of all steps is one GEMM;
+//   * each step does one GEMM on the state (two for reset-before cells: gates, then candidate)
+//     and one fused vectorised pass over the gates (at::vec);
+//   * backward keeps one or two small GEMMs per step and forms the weight gradients with large
+//     GEMMs over all steps afterwards;
+//   * no tensor is allocated and nothing goes through the dispatcher inside the time loop.
+//
+// One loop serves every variant. A Cell (GruResetAfter, GruResetBefore, Mgu, MinGru) supplies
+// the element-wise forward and backward of its family; the per-variant differences (which
+// sources feed the gates) are the Layout flags, read in the element-wise pass.
+//
+// Packed layout: step t owns rows [off_t, off_t + n_t) of x/out, n_t non-increasing; the
+// sequences alive at step t are batch rows 0..n_t-1. The state lives in one (N, H) buffer, so
+// rows that are not active keep their value: in the forward direction a finished sequence keeps
+// its final state, in the reverse direction a sequence that has not started keeps its h0.
+//
+// Determinism: every parallel split (GEMM blocks, rows, columns) depends on the problem shape
+// only, never on the thread count, and every BLAS call runs single-threaded, so 1 and 2 threads
+// give bit-identical results.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+// Standard Fortran BLAS, exported by libtorch_cpu when PyTorch is built with MKL or OpenBLAS.
+// Weak: if absent, gemm() falls back to at::mm (correct, slower, not thread-count independent).
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
+            const float*, const int*, const float*, const int*, const float*, float*,
+            const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
+            const double*, const int*, const double*, const int*, const double*, double*,
+            const int*) __attribute__((weak));
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+}
+
+namespace grukit {
+namespace {
+
+using at::vec::Vectorized;
+
+// ------------------------------------------------------------------------------------ GEMM
+
+bool blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+// Column-major BLAS call.
+inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda,
+                      const float* b, int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a,
+                      int lda, const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+// Row-major C[M,N] = op(A)[M,K] * op(B)[K,N] + beta * C, one thread.
+// op(A) = A (A is M x K, ld lda) or A^T (A is K x M); likewise B.
+template <typename T>
+void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  if (blas_available()) {
+    // row-major C = A B  <=>  column-major C^T = B^T A^T
+    blas_gemm(tb ? 'T' : 'N', ta ? 'T' : 'N', int(N), int(M), int(K), T(1), B, int(ldb), A,
+              int(lda), beta, C, int(ldc));
+    return;
+  }
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto a = ta ? at::from_blob(const_cast<T*>(A), {K, M}, {lda, 1}, opts).t()
+              : at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, opts);
+  auto b = tb ? at::from_blob(const_cast<T*>(B), {N, K}, {ldb, 1}, opts).t()
+              : at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, opts);
+  auto c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+  if (beta == T(0)) {
+    c.copy_(at::mm(a, b));
+  } else {
+    c.mul_(beta).add_(at::mm(a, b));
+  }
+}
+
+// The same product, split into blocks of rows or columns of C that depend on the shape only,
+// run in parallel. Work below ~64K multiply-adds stays on the calling thread.
+template <typename T>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc) {
+  const int64_t work = M * N * K;
+  constexpr int64_t kMinWork = int64_t(1) << 16;
+  constexpr int64_t kBlockWork = int64_t(1) << 19;
+  if (work < 2 * kMinWork || (M < 32 && N < 32)) {
+    gemm_serial(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  // split the longer side of C into blocks (multiples of 16), at most 64 of them
+  const bool split_rows = M >= N;
+  const int64_t side = split_rows ? M : N;
+  const int64_t other = (split_rows ? N : M) * K;
+  int64_t block = std::max<int64_t>(16, kBlockWork / std::max<int64_t>(other, 1));
+  block = std::max<int64_t>(block, (side + 63) / 64);
+  block = (block + 15) / 16 * 16;
+  const int64_t nblocks = (side + block - 1) / block;
+  if (nblocks <= 1) {
+    gemm_serial(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      const int64_t s0 = bi * block, s1 = std::min(side, s0 + block);
+      if (split_rows) {
+        const T* Ab = ta ? A + s0 : A + s0 * lda;
+        gemm_serial(ta, tb, s1 - s0, N, K, Ab, lda, B, ldb, beta, C + s0 * ldc, ldc);
+      } else {
+        const T* Bb = tb ? B + s0 * ldb : B + s0;
+        gemm_serial(ta, tb, M, s1 - s0, K, A, lda, Bb, ldb, beta, C + s0, ldc);
+      }
+    }
+  });
+}
+
+// Keeps BLAS single-threaded on the calling thread for the duration of a kernel call (worker
+// threads inside at::parallel_for regions are single-threaded in BLAS already).
+struct SingleThreadedBlas {
+  int previous = 0;
+  SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) previous = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
+  }
+};
+
+// Rows [0, n) in parallel when the step has enough elements; the split depends on n, H only.
+template <typename F>
+void for_rows(int64_t n, int64_t H, const F& f) {
+  constexpr int64_t kMinElements = 8192;
+  const int64_t grain = std::max<int64_t>(1, kMinElements / std::max<int64_t>(H, 1));
+  if (n <= grain) {
+    f(0, n);
+  } else {
+    at::parallel_for(0, n, grain, f);
+  }
+}
+
+// --------------------------------------------------------------------------- vector math
+
+template <typename T>
+inline Vectorized<T> vsigmoid(Vectorized<T> a) {
+  const Vectorized<T> one(T(1));
+  return one / (one + a.neg().exp());
+}
+
+// minGRU's g(a) = a + 1/2 (a >= 0), sigma(a) (a < 0), and g'(a) from n = g(a): 1 if n >= 1/2,
+// else n (1 - n).
+template <typename T>
+inline Vectorized<T> vg(Vectorized<T> a) {
+  const Vectorized<T> zero(T(0)), half(T(0.5));
+  return Vectorized<T>::blendv(vsigmoid(a), a + half, a >= zero);
+}
+template <typename T>
+inline Vectorized<T> vg_grad_from_value(Vectorized<T> n) {
+  const Vectorized<T> one(T(1)), half(T(0.5));
+  return Vectorized<T>::blendv(n * (one - n), one, n >= half);
+}
+
+// Loads that treat a null pointer as a zero vector (an absent source of a pre-activation).
+template <typename T>
+inline Vectorized<T> load(const T* p, int64_t j, int64_t count) {
+  if (p == nullptr) return Vectorized<T>(T(0));
+  return count == Vectorized<T>::size() ? Vectorized<T>::loadu(p + j)
+                                         : Vectorized<T>::loadu(p + j, count);
+}
+template <typename T>
+inline void store(T* p, int64_t j, int64_t count, Vectorized<T> v) {
+  if (count == Vectorized<T>::size()) {
+    v.store(p + j);
+  } else {
+    v.store(p + j, count);
+  }
+}
+
+// Calls f(j, count) over [0, H) in vector-width chunks.
+template <typename T, typename F>
+inline void for_lanes(int64_t H, const F& f) {
+  constexpr int64_t W = Vectorized<T>::size();
+  int64_t j = 0;
+  for (; j + W <= H; j += W) f(j, W);
+  if (j < H) f(j, H - j);
+}
+
+// ------------------------------------------------------------------------------- layout
+
+enum CellKind : int64_t { kGruResetAfter = 0, kGruResetBefore = 1, kMgu = 2, kMinGru = 3 };
+
+// What feeds the gates of a variant (grukit/variants.py, Block flags) and where blocks sit.
+struct Layout {
+  int64_t cell;
+  int64_t G;       // number of gates (2: r, z; 1: f or minGRU's z)
+  bool gate_x;     // gates read x: weight_ih = [gates..., n], else [n]
+  bool gate_h;     // gates read h: weight_hh starts with the gates
+  bool gate_bias;  // gates have a bias in bias_hh: bias_hh = [gates..., n], else [n]
+  int64_t H;
+  // derived
+  int64_t Gx;  // blocks in weight_ih
+  int64_t K1;  // blocks in the first per-step GEMM (on h)
+  int64_t W;   // blocks saved per row for backward (the last one is h_{t-1})
+
+  int64_t x_gate(int64_t k) const { return gate_x ? k * H : -1; }
+  int64_t x_n() const { return gate_x ? G * H : 0; }
+  int64_t bhh_gate(int64_t k) const { return gate_bias ? k * H : -1; }
+  int64_t bhh_n() const { return gate_bias ? G * H : 0; }
+};
+
+Layout make_layout(at::IntArrayRef spec, int64_t H) {
+  TORCH_CHECK(spec.size() == 5, "grukit: layout spec must have 5 entries");
+  Layout L{};
+  L.cell = spec[0];
+  L.G = spec[1];
+  L.gate_x = spec[2] != 0;
+  L.gate_h = spec[3] != 0;
+  L.gate_bias = spec[4] != 0;
+  L.H = H;
+  TORCH_CHECK(L.cell >= 0 && L.cell <= 3, "grukit: unknown cell kind ", L.cell);
+  L.Gx = L.gate_x ? L.G + 1 : 1;
+  switch (L.cell) {
+    case kGruResetAfter:
+      TORCH_CHECK(L.G == 2 && L.gate_x && L.gate_h, "grukit: reset-after needs x- and h-fed gates");
+      L.K1 = 3;
+      L.W = 5;  // r, z, n, hn = W_hn h + b_hn, h_prev
+      break;
+    case kGruResetBefore:
+      TORCH_CHECK(L.G == 2, "grukit: GRU cells have two gates");
+      L.K1 = L.gate_h ? 2 : 0;
+      L.W = 5;  // r, z, n, r*h, h_prev
+      break;
+    case kMgu:
+      TORCH_CHECK(L.G == 1, "grukit: MGU cells have one gate");
+      L.K1 = L.gate_h ? 1 : 0;
+      L.W = 4;  // f, n, f*h, h_prev
+      break;
+    default:
+      TORCH_CHECK(L.G == 1 && L.gate_x && !L.gate_h, "grukit: minGRU gates read x only");
+      L.K1 = 0;
+      L.W = 3;  // z, n, h_prev
+  }
+  return L;
+}
+
+// Pointers of one step, shared by the forward and backward passes.
+template <typename T>
+struct StepPtrs {
+  const T* gx;     // (n, Gx*H) input projection of this step (without bias_ih)
+  const T* bih;    // (Gx*H) or null
+  const T* bhh;    // bias_hh or null
+  const T* g1;     // (n, K1*H) first GEMM on h, or null
+  const T* c2;     // (n, H) candidate GEMM on r*h (reset-before), or null
+  T* h;            // (n, H) state, updated in place
+  T* rh;           // (n, H) r*h for the candidate GEMM (reset-before)
+  T* ws;           // (n, W*H) saved for backward, or null
+};
+
+// ---------------------------------------------------------------------------- forward
+
+// First element-wise pass of a step. Reset-after and minGRU finish the step here; reset-before
+// cells compute their gates and r*h, the input of the candidate GEMM.
+template <typename T>
+void forward_phase1(const Layout& L, const StepPtrs<T>& p, int64_t r0, int64_t r1) {
+  using V = Vectorized<T>;
+  const int64_t H = L.H, sx = L.Gx * H, s1 = L.K1 * H, sw = L.W * H;
+  for (int64_t b = r0; b < r1; ++b) {
+    const T* gx = p.gx + b * sx;
+    const T* g1 = p.g1 ? p.g1 + b * s1 : nullptr;
+    T* h = p.h + b * H;
+    T* ws = p.ws ? p.ws + b * sw : nullptr;
+    // the pre-activation of gate k: x part + bias_ih, h part, bias_hh (absent parts are null)
+    auto gate = [&](int64_t k, int64_t j, int64_t cnt) {
+      const int64_t xo = L.x_gate(k), bo = L.bhh_gate(k);
+      V a = load(xo >= 0 ? gx + xo : nullptr, j, cnt) +
+            load(xo >= 0 && p.bih ? p.bih + xo : nullptr, j, cnt);
+      if (L.gate_h) a = a + load(g1 + k * H, j, cnt);
+      if (bo >= 0 && p.bhh) a = a + load(p.bhh + bo, j, cnt);
+      return vsigmoid(a);
+    };
+    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+      const V hv = load<T>(h, j, cnt);
+      const V xn = load<T>(gx + L.x_n(), j, cnt) +
+                   load(p.bih ? p.bih + L.x_n() : nullptr, j, cnt);
+      switch (L.cell) {
+        case kGruResetAfter: {
+          const V r = gate(0, j, cnt), z = gate(1, j, cnt);
+          const V hn = load<T>(g1 + 2 * H, j, cnt) + load(p.bhh ? p.bhh + 2 * H : nullptr, j, cnt);
+          const V n = (xn + r * hn).tanh();
+          store(h, j, cnt, n + z * (hv - n));
+          if (ws) {
+            store(ws, j, cnt, r);
+            store(ws + H, j, cnt, z);
+            store(ws + 2 * H, j, cnt, n);
+            store(ws + 3 * H, j, cnt, hn);
+            store(ws + 4 * H, j, cnt, hv);
+          }
+          break;
+        }
+        case kGruResetBefore: {
+          const V r = gate(0, j, cnt), z = gate(1, j, cnt);
+          const V rh = r * hv;
+          store(p.rh + b * H, j, cnt, rh);
+          if (ws) {
+            store(ws, j, cnt, r);
+            store(ws + H, j, cnt, z);
+            store(ws + 3 * H, j, cnt, rh);
+            store(ws + 4 * H, j, cnt, hv);
+          }  // without a workspace, phase 2 recomputes z from g1
+          break;
+        }
+        case kMgu: {
+          const V f = gate(0, j, cnt);
+          const V rh = f * hv;
+          store(p.rh + b * H, j, cnt, rh);
+          if (ws) {
+            store(ws, j, cnt, f);
+            store(ws + 2 * H, j, cnt, rh);
+            store(ws + 3 * H, j, cnt, hv);
+          }
+          break;
+        }
+        default: {  // minGRU: h' = h + z (g(a_n) - h)
+          const V z = gate(0, j, cnt);
+          const V n = vg(xn);
+          store(h, j, cnt, hv + z * (n - hv));
+          if (ws) {
+            store(ws, j, cnt, z);
+            store(ws + H, j, cnt, n);
+            store(ws + 2 * H, j, cnt, hv);
+          }
+        }
+      }
+    });
+  }
+}
+
+// Second element-wise pass of reset-before cells: the candidate and the state update.
+template <typename T>
+void forward_phase2(const Layout& L, const StepPtrs<T>& p, int64_t r0, int64_t r1) {
+  using V = Vectorized<T>;
+  const int64_t H = L.H, sx = L.Gx * H, s1 = L.K1 * H, sw = L.W * H;
+  for (int64_t b = r0; b < r1; ++b) {
+    const T* gx = p.gx + b * sx;
+    const T* g1 = p.g1 ? p.g1 + b * s1 : nullptr;
+    const T* c2 = p.c2 + b * H;
+    T* h = p.h + b * H;
+    T* ws = p.ws ? p.ws + b * sw : nullptr;
+    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+      const V hv = load<T>(h, j, cnt);
+      const V n = (load<T>(gx + L.x_n(), j, cnt) +
+                   load(p.bih ? p.bih + L.x_n() : nullptr, j, cnt) + load<T>(c2, j, cnt) +
+                   load(p.bhh ? p.bhh + L.bhh_n() : nullptr, j, cnt))
+                      .tanh();
+      V hnew;
+      if (L.cell == kMgu) {
+        // f = sigma(a_f), recomputed when there is no workspace (cheaper than a buffer)
+        V f;
+        if (ws) {
+          f = load<T>(ws, j, cnt);
+        } else {
+          const int64_t xo = L.x_gate(0), bo = L.bhh_gate(0);
+          V a = load(xo >= 0 ? gx + xo : nullptr, j, cnt) +
+                load(xo >= 0 && p.bih ? p.bih + xo : nullptr, j, cnt);
+          if (L.gate_h) a = a + load(g1, j, cnt);
+          if (bo >= 0 && p.bhh) a = a + load(p.bhh + bo, j, cnt);
+          f = vsigmoid(a);
+        }
+        hnew = hv + f * (n - hv);
+      } else {
+        V z;
+        if (ws) {
+          z = load<T>(ws + H, j, cnt);
+        } else {
+          const int64_t xo = L.x_gate(1), bo = L.bhh_gate(1);
+          V a = load(xo >= 0 ? gx + xo : nullptr, j, cnt) +
+                load(xo >= 0 && p.bih ? p.bih + xo : nullptr, j, cnt);
+          if (L.gate_h) a = a + load(g1 + H, j, cnt);
+          if (bo >= 0 && p.bhh) a = a + load(p.bhh + bo, j, cnt);
+          z = vsigmoid(a);
+        }
+        hnew = n + z * (hv - n);
+      }
+      store(h, j, cnt, hnew);
+      if (ws) store(ws + (L.cell == kMgu ? H : 2 * H), j, cnt, n);
+    });
+  }
+}
+
+struct Steps {
+  std::vector<int64_t> n, off;  // rows and first packed row of each step
+  int64_t N = 0, R = 0, T = 0;
+};
+
+Steps make_steps(const at::Tensor& batch_sizes) {
+  TORCH_CHECK(batch_sizes.dim() == 1 && batch_sizes.scalar_type() == at::kLong &&
+                  batch_sizes.device().is_cpu(),
+              "grukit: batch_sizes must be a 1-D int64 CPU tensor");
+  auto bs = batch_sizes.contiguous();
+  const int64_t* p = bs.data_ptr<int64_t>();
+  Steps s;
+  s.T = bs.numel();
+  TORCH_CHECK(s.T > 0, "grukit: empty sequence");
+  s.n.resize(s.T);
+  s.off.resize(s.T);
+  for (int64_t t = 0; t < s.T; ++t) {
+    TORCH_CHECK(p[t] > 0 && (t == 0 || p[t] <= p[t - 1]),
+                "grukit: batch_sizes must be positive and non-increasing");
+    s.n[t] = p[t];
+    s.off[t] = s.R;
+    s.R += p[t];
+  }
+  s.N = s.n[0];
+  return s;
+}
+
+template <typename T>
+const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
+  return (t.has_value() && t->defined() && t->numel() > 0) ? t->data_ptr<T>() : nullptr;
+}
+
+std::atomic<int64_t> g_calls{0};
+
+template <typename T>
+void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tensor& x,
+                  const at::Tensor& w_ih, const c10::optional<at::Tensor>& w_hh,
+                  const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                  at::Tensor& out, at::Tensor& h, at::Tensor* ws) {
+  const int64_t H = L.H, I = x.size(1), N = S.N;
+  const int64_t sx = L.Gx * H;
+  auto opts = x.options();
+  at::Tensor gx = at::empty({S.R, sx}, opts);
+  // input projection of every step at once: gx = x W_ih^T
+  gemm<T>(false, true, S.R, sx, I, x.data_ptr<T>(), I, w_ih.data_ptr<T>(), I, T(0),
+          gx.data_ptr<T>(), sx);
+  const T* whh = ptr_or_null<T>(w_hh);
+  at::Tensor g1 = L.K1 > 0 ? at::empty({N, L.K1 * H}, opts) : at::Tensor();
+  const bool before = L.cell == kGruResetBefore || L.cell == kMgu;
+  at::Tensor rh = before ? at::empty({N, H}, opts) : at::Tensor();
+  at::Tensor c2 = before ? at::empty({N, H}, opts) : at::Tensor();
+  T* hp = h.data_ptr<T>();
+  T* outp = out.data_ptr<T>();
+  for (int64_t i = 0; i < S.T; ++i) {
+    const int64_t t = reverse ? S.T - 1 - i : i;
+    const int64_t n = S.n[t], off = S.off[t];
+    StepPtrs<T> p{};
+    p.gx = gx.data_ptr<T>() + off * sx;
+    p.bih = ptr_or_null<T>(b_ih);
+    p.bhh = ptr_or_null<T>(b_hh);
+    p.g1 = L.K1 > 0 ? g1.data_ptr<T>() : nullptr;
+    p.c2 = before ? c2.data_ptr<T>() : nullptr;
+    p.h = hp;
+    p.rh = before ? rh.data_ptr<T>() : nullptr;
+    p.ws = ws ? ws->data_ptr<T>() + off * L.W * H : nullptr;
+    if (L.K1 > 0) {  // g1 = h W1^T, W1 = the first K1*H rows of weight_hh
+      gemm<T>(false, true, n, L.K1 * H, H, hp, H, whh, H, T(0), g1.data_ptr<T>(), L.K1 * H);
+    }
+    for_rows(n, H, [&](int64_t r0, int64_t r1) { forward_phase1<T>(L, p, r0, r1); });
+    if (before) {  // candidate GEMM on r*h with the last H rows of weight_hh
+      gemm<T>(false, true, n, H, H, p.rh, H, whh + L.K1 * H * H, H, T(0), c2.data_ptr<T>(), H);
+      for_rows(n, H, [&](int64_t r0, int64_t r1) { forward_phase2<T>(L, p, r0, r1); });
+    }
+    std::copy(hp, hp + n * H, outp + off * H);
+  }
+}
+
+// ---------------------------------------------------------------------------- backward
+
+// Element-wise backward of one step, first pass (for reset-after and minGRU the only one).
+// dh: (n, H) gradient w.r.t. h' on entry (dout of this step is added here); on exit the part
+// of dL/dh_{t-1} that does not go through a GEMM. dA: (n, (G+1)*H) pre-activation gradients
+// [gates..., n]. dG1: (n, 3H) for reset-after: [da_r, da_z, da_n * r].
+template <typename T>
+void backward_phase1(const Layout& L, const T* ws, const T* dout, T* dh, T* dA, T* dG1,
+                     int64_t r0, int64_t r1) {
+  using V = Vectorized<T>;
+  const int64_t H = L.H, sw = L.W * H, sa = (L.G + 1) * H;
+  const V one(T(1));
+  for (int64_t b = r0; b < r1; ++b) {
+    const T* w = ws + b * sw;
+    T* dhb = dh + b * H;
+    T* da = dA + b * sa;
+    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+      const V g = load<T>(dhb, j, cnt) + load<T>(dout + b * H, j, cnt);
+      switch (L.cell) {
+        case kGruResetAfter: {
+          const V r = load<T>(w, j, cnt), z = load<T>(w + H, j, cnt), n = load<T>(w + 2 * H, j, cnt);
+          const V hn = load<T>(w + 3 * H, j, cnt), hp = load<T>(w + 4 * H, j, cnt);
+          const V dan = g * (one - z) * (one - n * n);
+          const V dar = dan * hn * r * (one - r);
+          const V daz = g * (hp - n) * z * (one - z);
+          store(da, j, cnt, dar);
+          store(da + H, j, cnt, daz);
+          store(da + 2 * H, j, cnt, dan);
+          T* d1 = dG1 + b * 3 * H;
+          store(d1, j, cnt, dar);
+          store(d1 + H, j, cnt, daz);
+          store(d1 + 2 * H, j, cnt, dan * r);
+          store(dhb, j, cnt, g * z);
+          break;
+        }
+        case kGruResetBefore: {
+          const V z = load<T>(w + H, j, cnt), n = load<T>(w + 2 * H, j, cnt);
+          const V hp = load<T>(w + 4 * H, j, cnt);
+          store(da + H, j, cnt, g * (hp - n) * z * (one - z));
+          store(da + 2 * H, j, cnt, g * (one - z) * (one - n * n));
+          store(dhb, j, cnt, g * z);
+          break;
+        }
+        case kMgu: {
+          const V f = load<T>(w, j, cnt), n = load<T>(w + H, j, cnt), hp = load<T>(w + 3 * H, j, cnt);
+          store(da + H, j, cnt, g * f * (one - n * n));
+          store(da, j, cnt, g * (n - hp));  // df from the update; phase 2 adds the reset part
+          store(dhb, j, cnt, g * (one - f));
+          break;
+        }
+        default: {  // minGRU
+          const V z = load<T>(w, j, cnt), n = load<T>(w + H, j, cnt), hp = load<T>(w + 2 * H, j, cnt);
+          store(da, j, cnt, g * (n - hp) * z * (one - z));
+          store(da + H, j, cnt, g * z * vg_grad_from_value(n));
+          store(dhb, j, cnt, g * (one - z));
+        }
+      }
+    });
+  }
+}
+
+// Second pass of reset-before cells, after drh = da_n W_hn: the reset gate's share.
+template <typename T>
+void backward_phase2(const Layout& L, const T* ws, const T* drh, T* dh, T* dA, int64_t r0,
+                     int64_t r1) {
+  using V = Vectorized<T>;
+  const int64_t H = L.H, sw = L.W * H, sa = (L.G + 1) * H;
+  const V one(T(1));
+  for (int64_t b = r0; b < r1; ++b) {
+    const T* w = ws + b * sw;
+    T* dhb = dh + b * H;
+    T* da = dA + b * sa;
+    const T* d = drh + b * H;
+    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+      const V r = load<T>(w, j, cnt);  // r, or f for MGU
+      const V hp = load<T>(w + (L.W - 1) * H, j, cnt);
+      const V dv = load<T>(d, j, cnt);
+      store(dhb, j, cnt, load<T>(dhb, j, cnt) + dv * r);
+      V dr = dv * hp;
+      if (L.cell == kMgu) dr = dr + load<T>(da, j, cnt);
+      store(da, j, cnt, dr * r * (one - r));
+    });
+  }
+}
+
+// Column sums of a (R, C) block with leading dimension ld, in a fixed order (rows ascending).
+template <typename T>
+void column_sums(const T* A, int64_t R, int64_t C, int64_t ld, T* out) {
+  constexpr int64_t kCols = 64;
+  const int64_t nb = (C + kCols - 1) / kCols;
+  at::parallel_for(0, nb, R * kCols < 65536 ? nb : 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      const int64_t c0 = bi * kCols, c1 = std::min(C, c0 + kCols);
+      for (int64_t c = c0; c < c1; ++c) out[c] = T(0);
+      for (int64_t r = 0; r < R; ++r) {
+        const T* row = A + r * ld;
+        for (int64_t c = c0; c < c1; ++c) out[c] += row[c];
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tensor& x,
+                   const at::Tensor& w_ih, const c10::optional<at::Tensor>& w_hh,
+                   const at::Tensor& ws, const at::Tensor& dout, at::Tensor& dh,
+                   at::Tensor& dA, at::Tensor& dG1) {
+  const int64_t H = L.H, N = S.N, sa = (L.G + 1) * H, sw = L.W * H;
+  const T* whh = ptr_or_null<T>(w_hh);
+  const bool before = L.cell == kGruResetBefore || L.cell == kMgu;
+  at::Tensor drh = before ? at::empty({N, H}, x.options()) : at::Tensor();
+  T* dhp = dh.data_ptr<T>();
+  for (int64_t i = 0; i < S.T; ++i) {
+    const int64_t t = reverse ? i : S.T - 1 - i;  // the forward order, backwards
+    const int64_t n = S.n[t], off = S.off[t];
+    const T* w = ws.data_ptr<T>() + off * sw;
+    T* da = dA.data_ptr<T>() + off * sa;
+    T* d1 = L.cell == kGruResetAfter ? dG1.data_ptr<T>() + off * 3 * H : nullptr;
+    const T* go = dout.data_ptr<T>() + off * H;
+    for_rows(n, H, [&](int64_t r0, int64_t r1) { backward_phase1<T>(L, w, go, dhp, da, d1, r0, r1); });
+    if (L.cell == kGruResetAfter) {  // dh += dG1 W_hh
+      gemm<T>(false, false, n, H, 3 * H, d1, 3 * H, whh, H, T(1), dhp, H);
+    } else if (before) {
+      // drh = da_n W_hn, then the reset gate's share, then dh += da_gates W_gates
+      gemm<T>(false, false, n, H, H, da + L.G * H, sa, whh + L.K1 * H * H, H, T(0),
+              drh.data_ptr<T>(), H);
+      for_rows(n, H, [&](int64_t r0, int64_t r1) {
+        backward_phase2<T>(L, w, drh.data_ptr<T>(), dhp, da, r0, r1);
+      });
+      if (L.K1 > 0) gemm<T>(false, false, n, H, L.K1 * H, da, sa, whh, H, T(1), dhp, H);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ checks
+
+void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+                  const c10::optional<at::Tensor>& w_hh, const c10::optional<at::Tensor>& b_ih,
+                  const c10::optional<at::Tensor>& b_hh, const Layout& L, const Steps& S) {
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "grukit: float32 or float64 expected");
+  auto check = [&](const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dt && t.is_contiguous(), "grukit: ",
+                name, " must be a contiguous CPU tensor of the input's dtype");
+    TORCH_CHECK(t.sizes() == shape, "grukit: ", name, " has shape ", t.sizes(), ", expected ",
+                shape);
+  };
+  const int64_t H = L.H;
+  check(x, "x", {S.R, x.size(1)});
+  check(h0, "h0", {S.N, H});
+  check(w_ih, "weight_ih", {L.Gx * H, x.size(1)});
+  const int64_t gh = (L.cell == kGruResetAfter ? 3 : (L.cell == kMinGru ? 0 : L.K1 + 1)) * H;
+  if (gh > 0) {
+    TORCH_CHECK(w_hh.has_value() && w_hh->defined(), "grukit: weight_hh missing");
+    check(*w_hh, "weight_hh", {gh, H});
+  }
+  if (b_ih.has_value() && b_ih->defined() && b_ih->numel() > 0) check(*b_ih, "bias_ih", {L.Gx * H});
+  if (b_hh.has_value() && b_hh->defined() && b_hh->numel() > 0) {
+    const int64_t bh = L.cell == kGruResetAfter ? 3 * H : (L.gate_bias ? L.G + 1 : 1) * H;
+    check(*b_hh, "bias_hh", {bh});
+  }
+}
+
+// ------------------------------------------------------------------------------ ops
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
+    const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+    const c10::optional<at::Tensor>& w_hh, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, const at::Tensor& batch_sizes, at::IntArrayRef spec,
+    bool reverse, bool save) {
+  const Steps S = make_steps(batch_sizes);
+  const Layout L = make_layout(spec, h0.size(1));
+  check_inputs(x, h0, w_ih, w_hh, b_ih, b_hh, L, S);
+  g_calls.fetch_add(1);
+  SingleThreadedBlas blas_guard;
+  at::Tensor out = at::empty({S.R, L.H}, x.options());
+  at::Tensor h = h0.clone();
+  at::Tensor ws = save ? at::empty({S.R, L.W * L.H}, x.options()) : at::empty({0}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_rnn_forward", [&] {
+    forward_impl<scalar_t>(L, S, reverse, x, w_ih, w_hh, b_ih, b_hh, out, h, save ? &ws : nullptr);
+  });
+  return {out, h, ws};
+}
+
+// Gradients of one layer-direction. needs = (x, h0, weight_ih, weight_hh, bias_ih, bias_hh);
+// outputs that are not needed (or whose parameter is absent) come back empty.
+std::vector<at::Tensor> rnn_backward(const at::Tensor& grad_out, const at::Tensor& grad_hn,
+                                     const at::Tensor& x, const at::Tensor& h0,
+                                     const at::Tensor& w_ih, const c10::optional<at::Tensor>& w_hh,
+                                     const c10::optional<at::Tensor>& b_ih,
+                                     const c10::optional<at::Tensor>& b_hh, const at::Tensor& ws,
+                                     const at::Tensor& batch_sizes, at::IntArrayRef spec,
+                                     bool reverse, at::IntArrayRef needs) {
+  const Steps S = make_steps(batch_sizes);
+  const Layout L = make_layout(spec, h0.size(1));
+  check_inputs(x, h0, w_ih, w_hh, b_ih, b_hh, L, S);
+  TORCH_CHECK(needs.size() == 6, "grukit: needs must have 6 entries");
+  TORCH_CHECK(ws.numel() == S.R * L.W * L.H, "grukit: the workspace does not match this call");
+  TORCH_CHECK(grad_out.is_contiguous() && grad_out.sizes() == at::IntArrayRef({S.R, L.H}) &&
+                  grad_hn.is_contiguous() && grad_hn.sizes() == at::IntArrayRef({S.N, L.H}),
+              "grukit: gradient shapes do not match");
+  SingleThreadedBlas blas_guard;
+  const int64_t H = L.H, I = x.size(1), R = S.R, sa = (L.G + 1) * H, sw = L.W * H;
+  auto opts = x.options();
+  at::Tensor dh = grad_hn.clone();
+  at::Tensor dA = at::empty({R, sa}, opts);
+  at::Tensor dG1 = L.cell == kGruResetAfter ? at::empty({R, 3 * H}, opts) : at::Tensor();
+  at::Tensor empty = at::empty({0}, opts);
+  std::vector<at::Tensor> grads(6, empty);
+  const bool has_bih = b_ih.has_value() && b_ih->defined() && b_ih->numel() > 0;
+  const bool has_bhh = b_hh.has_value() && b_hh->defined() && b_hh->numel() > 0;
+  const bool has_whh = w_hh.has_value() && w_hh->defined() && w_hh->numel() > 0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_rnn_backward", [&] {
+    using T = scalar_t;
+    backward_impl<T>(L, S, reverse, x, w_ih, w_hh, ws, grad_out, dh, dA, dG1);
+    if (needs[1]) grads[1] = dh;
+    // the x-fed blocks are the last Gx of [gates..., n]
+    const T* dAx = dA.data_ptr<T>() + (L.G + 1 - L.Gx) * H;
+    const int64_t nx = L.Gx * H;
+    if (needs[0]) {  // dx = dA_x W_ih
+      grads[0] = at::empty({R, I}, opts);
+      gemm<T>(false, false, R, I, nx, dAx, sa, w_ih.data_ptr<T>(), I, T(0),
+              grads[0].data_ptr<T>(), I);
+    }
+    if (needs[2]) {  // dW_ih = dA_x^T x
+      grads[2] = at::empty({nx, I}, opts);
+      gemm<T>(true, false, nx, I, R, dAx, sa, x.data_ptr<T>(), I, T(0), grads[2].data_ptr<T>(), I);
+    }
+    if (needs[4] && has_bih) {
+      grads[4] = at::empty({nx}, opts);
+      column_sums<T>(dAx, R, nx, sa, grads[4].data_ptr<T>());
+    }
+    const T* hprev = ws.data_ptr<T>() + (L.W - 1) * H;
+    if (needs[3] && has_whh) {
+      grads[3] = at::empty(w_hh->sizes(), opts);
+      T* dw = grads[3].data_ptr<T>();
+      if (L.cell == kGruResetAfter) {  // dW_hh = dG1^T h_prev
+        gemm<T>(true, false, 3 * H, H, R, dG1.data_ptr<T>(), 3 * H, hprev, sw, T(0), dw, H);
+      } else {
+        if (L.K1 > 0)
+          gemm<T>(true, false, L.K1 * H, H, R, dA.data_ptr<T>(), sa, hprev, sw, T(0), dw, H);
+        // candidate rows: da_n^T (r*h); r*h sits just before h_prev in the workspace
+        const T* rh = ws.data_ptr<T>() + (L.W - 2) * H;
+        gemm<T>(true, false, H, H, R, dA.data_ptr<T>() + L.G * H, sa, rh, sw, T(0),
+                dw + L.K1 * H * H, H);
+      }
+    }
+    if (needs[5] && has_bhh) {
+      grads[5] = at::empty(b_hh->sizes(), opts);
+      T* db = grads[5].data_ptr<T>();
+      if (L.cell == kGruResetAfter) {
+        column_sums<T>(dG1.data_ptr<T>(), R, 3 * H, 3 * H, db);
+      } else if (L.gate_bias) {
+        column_sums<T>(dA.data_ptr<T>(), R, sa, sa, db);  // [gates..., n]
+      } else {
+        column_sums<T>(dA.data_ptr<T>() + L.G * H, R, H, sa, db);  // [n]
+      }
+    }
+  });
+  return grads;
+}
+
+// The matrix products of a `gru` layer and nothing else, through torch's own at::mm (the
+// benchmark's floor). x: (T*N, I), h: (N, H), hs: (T*N, H) stand-in states, dA: (T*N, 3H)
+// stand-in pre-activation gradients. Forward: x W_ih^T, then T steps of h W_hh^T. Backward:
+// T steps of dA_t W_hh, then dA^T hs, dA^T x and dA W_ih.
+void gemm_floor(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
+                const at::Tensor& w_hh, const at::Tensor& hs, const at::Tensor& dA, bool backward) {
+  const int64_t N = h.size(0), T = x.size(0) / N;
+  at::Tensor gx = at::mm(x, w_ih.t());
+  at::Tensor g1 = at::empty({N, w_hh.size(0)}, h.options());
+  for (int64_t t = 0; t < T; ++t) at::mm_out(g1, h, w_hh.t());
+  if (!backward) return;
+  at::Tensor dh = at::empty_like(h);
+  for (int64_t t = 0; t < T; ++t) at::mm_out(dh, dA.narrow(0, t * N, N), w_hh);
+  at::mm(dA.t(), hs);
+  at::mm(dA.t(), x);
+  at::mm(dA, w_ih);
+}
+
+int64_t call_count() { return g_calls.load(); }
+bool uses_blas() { return blas_available(); }
+
+}  // namespace
+}  // namespace grukit
+
+TORCH_LIBRARY(grukit, m) {
+  m.def(
+      "rnn_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor? w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor batch_sizes, int[] spec, bool reverse, bool save) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "rnn_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor h0, Tensor w_ih, "
+      "Tensor? w_hh, Tensor? b_ih, Tensor? b_hh, Tensor ws, Tensor batch_sizes, int[] spec, "
+      "bool reverse, int[] needs) -> Tensor[]");
+  m.def(
+      "gemm_floor(Tensor x, Tensor h, Tensor w_ih, Tensor w_hh, Tensor hs, Tensor dA, "
+      "bool backward) -> ()");
+  m.def("call_count", &grukit::call_count);
+  m.def("uses_blas", &grukit::uses_blas);
+}
+
+TORCH_LIBRARY_IMPL(grukit, CPU, m) {
+  m.impl("rnn_forward", &grukit::rnn_forward);
+  m.impl("rnn_backward", &grukit::rnn_backward);
+  m.impl("gemm_floor", &grukit::gemm_floor);
+}
+

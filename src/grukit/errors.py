@@ -1,0 +1,31 @@
+"""Errors that grukit raises for bad input: each message says what was expected and what came.
+
+The command line prints these as one sentence (no traceback); the Python API raises them.
+Each subclasses the built-in exception a caller would naturally catch (ValueError, OSError).
+"""
+
+from __future__ import annotations
+
+
+class GrukitError(Exception):
+    """Base class of the errors grukit raises on purpose."""
+
+
+class DataError(GrukitError, ValueError):
+    """A data set is missing, corrupt, truncated, of the wrong format or holds bad values."""
+
+
+class DownloadError(DataError):
+    """A named data set could not be fetched (offline, wrong checksum, server error)."""
+
+
+class ConfigError(GrukitError, ValueError):
+    """A configuration key is unknown, ill-typed or describes an impossible run."""
+
+
+class CheckpointError(GrukitError, ValueError):
+    """A checkpoint or run folder is missing, truncated, corrupt or incompatible."""
+
+
+class TrainingError(GrukitError, RuntimeError):
+    """Training cannot go on (for example the loss became NaN or Inf)."""

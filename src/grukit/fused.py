@@ -1,0 +1,213 @@
+"""The fused CPU kernels (``csrc/fused_rnn.cpp``): build on first use, autograd wrapper.
+
+The extension is compiled the first time a fused layer runs (about 20 s, one line is printed)
+and cached in ``$GRUKIT_CACHE/kernels`` (default ``~/.cache/grukit/kernels``), keyed by the
+source, the PyTorch version and the CPU's instruction set, so later processes load it in well
+under a second. If it cannot be built (no C++ compiler, say), ``backend="auto"`` warns once and
+uses the reference path; ``GRUKIT_DISABLE_FUSED=1`` turns the kernels off.
+
+Kernel contract (one layer, one direction, packed rows; see the C++ header comment):
+``rnn_forward(x (R, H_in), h0 (N, H), weights..., batch_sizes (T,), spec, reverse, save)``
+returns ``output (R, H)``, ``h_n (N, H)`` and, when ``save``, a workspace ``(R, W*H)`` of the
+gate values and ``h_{t-1}`` that ``rnn_backward`` must get back unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from grukit.reference import LayerWeights
+from grukit.variants import Variant
+
+__all__ = ["available", "unavailable_reason", "fused_layer", "kernel_spec", "call_count"]
+
+_SOURCE = Path(__file__).parent / "csrc" / "fused_rnn.cpp"
+_CELL_KIND = {("gru", "after"): 0, ("gru", "before"): 1, ("mgu", "before"): 2, ("mingru", "none"): 3}
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {"tried": False, "reason": None, "warned": False}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("GRUKIT_CACHE") or os.path.join(Path.home(), ".cache", "grukit")
+    return Path(root) / "kernels"
+
+
+def _isa_flags() -> tuple[str, list[str]]:
+    """Compiler flags for the vector instruction set PyTorch itself uses on this CPU."""
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - very old torch
+        capability = "DEFAULT"
+    if capability.startswith("AVX512"):
+        return "AVX512", [
+            "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
+            "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
+        ]  # fmt: skip
+    if capability.startswith("AVX2"):
+        return "AVX2", ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return "DEFAULT", ["-DCPU_CAPABILITY=DEFAULT"]
+
+
+def _build() -> None:
+    from torch.utils import cpp_extension
+
+    isa, flags = _isa_flags()
+    cflags = ["-O3", "-std=c++17", *flags]
+    key = hashlib.sha256(
+        _SOURCE.read_bytes() + f"{torch.__version__}|{isa}|{cflags}".encode()
+    ).hexdigest()[:16]
+    name = f"grukit_fused_{key}"
+    build_dir = cache_dir() / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not (build_dir / f"{name}.so").exists():
+        print(
+            f"grukit: compiling the fused CPU kernels ({isa}) into {build_dir} "
+            "(once; about 20 s)...",
+            file=sys.stderr,
+            flush=True,
+        )
+    cpp_extension.load(
+        name=name,
+        sources=[str(_SOURCE)],
+        extra_cflags=cflags,
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+def unavailable_reason() -> str | None:
+    """Why the fused kernels cannot be used in this process (None when they can).
+
+    The first call builds or loads the extension.
+    """
+    if _state["tried"]:
+        return _state["reason"]
+    with _lock:
+        if not _state["tried"]:
+            reason = None
+            if os.environ.get("GRUKIT_DISABLE_FUSED", "") not in ("", "0"):
+                reason = "they are disabled by GRUKIT_DISABLE_FUSED"
+            else:
+                try:
+                    _build()
+                except Exception as exc:  # compiler missing or failing: fall back, loudly
+                    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    reason = f"they could not be built ({type(exc).__name__}: {first_line[:300]})"
+            _state["reason"] = reason
+            _state["tried"] = True
+            if reason is not None and "GRUKIT_DISABLE_FUSED" not in reason:
+                warnings.warn(
+                    f"grukit: the fused CPU kernels are unavailable: {reason}; "
+                    "backend='auto' uses the pure-PyTorch reference path (slower)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    return _state["reason"]
+
+
+def available() -> bool:
+    """True when the fused kernels are built and loaded (builds them on the first call)."""
+    return unavailable_reason() is None
+
+
+def call_count() -> int:
+    """How many times the C++ forward kernel ran in this process (to check the fast path ran)."""
+    return int(torch.ops.grukit.call_count()) if available() else 0
+
+
+def kernel_spec(v: Variant) -> list[int]:
+    """The kernel's description of a variant: ``[cell, gates, gate_x, gate_h, gate_bias_hh]``.
+
+    Derived from :class:`grukit.variants.Variant`, the one definition of each variant.
+    """
+    gate = v.gates[0]
+    in_bias_hh = gate.bias and (gate.h or not gate.x)
+    return [_CELL_KIND[(v.family, v.reset)], len(v.gates), int(gate.x), int(gate.h), int(in_bias_hh)]
+
+
+def _contiguous(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+class _FusedLayer(torch.autograd.Function):
+    """Autograd over the C++ forward/backward of one layer-direction."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        h0: Tensor,
+        w_ih: Tensor,
+        w_hh: Tensor | None,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        batch_sizes: Tensor,
+        spec: list[int],
+        reverse: bool,
+        save: bool,
+    ) -> tuple[Tensor, Tensor]:
+        out, h_n, ws = torch.ops.grukit.rnn_forward(
+            x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, spec, reverse, save
+        )
+        if save:
+            ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, ws, batch_sizes)
+        ctx.spec, ctx.reverse = spec, reverse
+        return out, h_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple:
+        x, h0, w_ih, w_hh, b_ih, b_hh, ws, batch_sizes = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros(x.shape[0], h0.shape[1], dtype=x.dtype)
+        if grad_hn is None:
+            grad_hn = torch.zeros_like(h0)
+        needs = [int(n) for n in ctx.needs_input_grad[:6]]
+        grads = torch.ops.grukit.rnn_backward(
+            grad_out.contiguous(), grad_hn.contiguous(), x, h0, w_ih, w_hh, b_ih, b_hh, ws,
+            batch_sizes, ctx.spec, ctx.reverse, needs,
+        )  # fmt: skip
+        out = [g if n and g.numel() > 0 else None for g, n in zip(grads, needs, strict=True)]
+        return (*out, None, None, None, None)
+
+
+def fused_layer(
+    v: Variant,
+    data: Tensor,
+    batch_sizes: Sequence[int] | Tensor,
+    h0: Tensor,
+    w: LayerWeights,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """One layer-direction through the fused kernels; the contract of
+    :func:`grukit.reference.reference_layer` (CPU, float32/float64)."""
+    bs = (
+        batch_sizes
+        if isinstance(batch_sizes, Tensor)
+        else torch.tensor(list(batch_sizes), dtype=torch.long)
+    )
+    tensors = (data, h0, *w)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return _FusedLayer.apply(
+        data.contiguous(), h0.contiguous(), w.weight_ih.contiguous(), _contiguous(w.weight_hh),
+        _contiguous(w.bias_ih), _contiguous(w.bias_hh), bs, kernel_spec(v), reverse, save,
+    )  # fmt: skip
+
+
+def gemm_floor(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, hs: Tensor, dA: Tensor,
+               backward: bool) -> None:  # fmt: skip
+    """Run only the matrix products of a ``gru`` layer through ``at::mm`` (benchmark floor)."""
+    torch.ops.grukit.gemm_floor(x, h, w_ih, w_hh, hs, dA, backward)

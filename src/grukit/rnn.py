@@ -1,0 +1,529 @@
+"""``grukit.GRU`` and ``grukit.GRUCell``: drop-ins for torch.nn.GRU/GRUCell, with ``variant=``.
+
+The modules own the parameters, input checking, layers, directions and inter-layer dropout; one
+layer-direction at a time is handed to a backend (:mod:`grukit.backends`), which runs the
+variant's step (:mod:`grukit.variants`) over the sequence.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.utils.rnn import PackedSequence
+
+from grukit.backends import check_backend, layer_function, resolve_backend
+from grukit.reference import LayerWeights
+from grukit.variants import BASELINE_BLOCKS, BASELINES, VARIANTS, check_variant_name
+
+__all__ = ["GRU", "GRUCell", "count_parameters"]
+
+_WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def count_parameters(
+    variant: str,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    bias: bool = True,
+) -> int:
+    """Number of parameters of ``GRU(input_size, hidden_size, num_layers, bias, ...,
+    bidirectional=bidirectional, variant=variant)``, in closed form.
+
+    One layer-direction of ``n`` units on ``m`` inputs has ``Gx*n*m + Gh*n^2 + B*n`` parameters
+    (:meth:`grukit.variants.Variant.count_parameters`); layers above the first read ``m = D*n``.
+    """
+    check_variant_name(variant, owner="count_parameters")
+    D = 2 if bidirectional else 1
+    total = 0
+    for layer in range(num_layers):
+        m = input_size if layer == 0 else D * hidden_size
+        if variant in BASELINES:
+            k = BASELINE_BLOCKS[variant]
+            per = k * (hidden_size * m + hidden_size * hidden_size) + (
+                2 * k * hidden_size if bias else 0
+            )
+        else:
+            per = VARIANTS[variant].count_parameters(m, hidden_size, bias)
+        total += D * per
+    return total
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _check_tensor(owner: str, name: str, t: object, ref: Tensor) -> Tensor:
+    """Type, dtype and device of ``t`` against the module's parameter ``ref``."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{owner}: expected {name} to be a Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{owner}: expected {name} to be a floating-point tensor, got {t.dtype}")
+    if t.dtype != ref.dtype:
+        raise TypeError(
+            f"{owner}: {name} has dtype {t.dtype} but the parameters are {ref.dtype}; "
+            f"cast one of them (e.g. module.to({t.dtype}))"
+        )
+    if t.device != ref.device:
+        raise ValueError(
+            f"{owner}: {name} is on {t.device} but the parameters are on {ref.device}; "
+            "move one of them with .to(device)"
+        )
+    return t
+
+
+def _check_features(owner: str, x: Tensor, input_size: int, *, batch_first: bool) -> None:
+    if x.shape[-1] == input_size:
+        return
+    hint = ""
+    if input_size in x.shape[:-1]:
+        hint = (
+            f" (dimension {list(x.shape).index(input_size)} has {input_size}: features must be "
+            "the last dimension)"
+        )
+    raise ValueError(
+        f"{owner}: input.size(-1) must be equal to input_size. Expected {input_size}, "
+        f"got {x.shape[-1]}{hint}"
+    )
+
+
+class GRU(nn.Module):
+    r"""A multi-layer gated recurrent network of any grukit variant; a drop-in for ``torch.nn.GRU``.
+
+    With the default ``variant="gru"`` each layer computes, for every time step ``t``
+    (``sigma`` the sigmoid, ``*`` the Hadamard product)::
+
+        r_t = sigma(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+        z_t = sigma(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+        n_t = tanh(W_in x_t + b_in + r_t * (W_hn h_{t-1} + b_hn))
+        h_t = (1 - z_t) * n_t + z_t * h_{t-1}
+
+    exactly as ``torch.nn.GRU``: the same parameters, names, shapes, initialisation, and results
+    (this is the cuDNN form, which applies the reset gate after the recurrent matmul; Cho et al.
+    2014 apply it before, see ``variant="gru_reset_before"``). Other variants
+    (``grukit.variants.ALL_VARIANTS``) change the cell; ``"lstm"`` and ``"rnn_tanh"`` run torch's
+    own modules with this same constructor and call (their state follows torch: ``(h, c)`` for
+    the LSTM).
+
+    Args:
+        input_size: ``H_in``, features per step. hidden_size: ``H``, units per layer-direction.
+        num_layers: stacked layers. bias: use biases. batch_first: input/output are
+        ``(N, L, *)`` rather than ``(L, N, *)``. dropout: dropout probability on the outputs of
+        every layer but the last, in training mode. bidirectional: ``D = 2`` directions.
+        variant: the cell (default ``"gru"``). backend: ``"auto"``, ``"fused"``,
+        ``"reference"`` or ``"scan"`` (:mod:`grukit.backends`).
+
+    Shapes (``L`` steps, ``N`` batch, ``D`` directions):
+        input: ``(L, N, H_in)``, ``(N, L, H_in)`` if ``batch_first``, ``(L, H_in)`` unbatched, or a
+        :class:`~torch.nn.utils.rnn.PackedSequence`. hx: ``(D * num_layers, N, H)`` (or
+        ``(D * num_layers, H)`` unbatched), zeros if omitted. Returns ``(output, h_n)``: output
+        ``(L, N, D * H)`` (same layout rules as the input), h_n ``(D * num_layers, N, H)``.
+
+    Parameters per layer ``k`` (suffix ``_reverse`` for the second direction):
+    ``weight_ih_l{k}`` ``(Gx * H, H_in)`` (``D * H`` inputs above layer 0), ``weight_hh_l{k}``
+    ``(Gh * H, H)``, ``bias_ih_l{k}``, ``bias_hh_l{k}``; for ``gru`` the blocks are
+    ``(W_ir|W_iz|W_in)``, ``Gx = Gh = 3``. All are drawn from ``U(-1/sqrt(H), 1/sqrt(H))``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        *,
+        variant: str = "gru",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.variant = check_variant_name(variant, owner=owner)
+        self.backend = check_backend(backend, variant, owner)
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers <= 0:
+            raise ValueError(f"{owner}: num_layers must be a positive integer, got {num_layers!r}")
+        if (
+            not isinstance(dropout, (int, float))
+            or isinstance(dropout, bool)
+            or not 0 <= dropout <= 1
+        ):
+            raise ValueError(
+                f"{owner}: dropout should be a number in range [0, 1] representing the "
+                f"probability of an element being zeroed, got {dropout!r}"
+            )
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                f"{owner}: dropout acts between layers, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={dropout} and num_layers=1",
+                stacklevel=2,
+            )
+        if variant in VARIANTS and not bias and VARIANTS[variant].needs_bias:
+            raise ValueError(
+                f"{owner}: variant {variant!r} computes its gates from biases alone; "
+                "bias=False would leave them constant at 0.5. Use bias=True."
+            )
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.last_backend: str | None = None  # the backend that ran the latest forward
+        factory = {"device": device, "dtype": dtype}
+        D = 2 if bidirectional else 1
+        self._weight_names: list[list[str]] = []  # per layer-direction, in LayerWeights order
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else D * hidden_size
+            for direction in range(D):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                shapes = self._parameter_shapes(layer_input)
+                names = []
+                for kind in _WEIGHT_KINDS:
+                    if kind in shapes:
+                        self.register_parameter(
+                            kind + suffix, nn.Parameter(torch.empty(shapes[kind], **factory))
+                        )
+                        names.append(kind + suffix)
+                    else:
+                        names.append("")
+                self._weight_names.append(names)
+        self._torch_template: nn.Module | None = None
+        if variant in BASELINES:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the dropout warning was given above
+                cls = nn.LSTM if variant == "lstm" else nn.RNN
+                template = cls(
+                    input_size,
+                    hidden_size,
+                    num_layers,
+                    bias=bias,
+                    batch_first=batch_first,
+                    dropout=dropout,
+                    bidirectional=bidirectional,
+                    device="meta",
+                    dtype=dtype,
+                )
+            object.__setattr__(self, "_torch_template", template)  # not a submodule
+        self.reset_parameters()
+
+    def _parameter_shapes(self, layer_input: int) -> dict[str, tuple[int, ...]]:
+        if self.variant in BASELINES:
+            k, H = BASELINE_BLOCKS[self.variant], self.hidden_size
+            shapes = {"weight_ih": (k * H, layer_input), "weight_hh": (k * H, H)}
+            if self.bias:
+                shapes.update(bias_ih=(k * H,), bias_hh=(k * H,))
+            return shapes
+        return VARIANTS[self.variant].parameter_shapes(layer_input, self.hidden_size, self.bias)
+
+    def reset_parameters(self) -> None:
+        """Draw every parameter from ``U(-1/sqrt(H), 1/sqrt(H))``, in torch.nn.GRU's order."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written for ``torch.nn.GRU`` (grukit keeps no flat weight buffer)."""
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        return [[getattr(self, n) for n in names if n] for names in self._weight_names]
+
+    def layer_weights(self, layer: int, direction: int = 0) -> LayerWeights:
+        """The parameters of one layer-direction, as the backends take them."""
+        D = 2 if self.bidirectional else 1
+        names = self._weight_names[layer * D + direction]
+        return LayerWeights(*(getattr(self, n) if n else None for n in names))
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        defaults = {
+            "num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
+            "bidirectional": False, "variant": "gru", "backend": "auto",
+        }  # fmt: skip
+        for key, default in defaults.items():
+            value = getattr(self, key)
+            if value != default:
+                s += f", {key}={value!r}"
+        return s
+
+    # ------------------------------------------------------------------ forward
+
+    def _check_hidden(
+        self, owner: str, hx: Tensor, expected: tuple[int, ...], ref: Tensor, name: str = "hx"
+    ) -> Tensor:
+        _check_tensor(owner, name, hx, ref)
+        if _shape(hx) != expected:
+            hint = ""
+            if hx.dim() == len(expected) and len(expected) == 3 and hx.shape[1] != expected[1]:
+                hint = (
+                    f" (the batch sizes differ: {hx.shape[1]} in {name}, {expected[1]} in the "
+                    f"input; is batch_first={self.batch_first} right for this input?)"
+                )
+            raise ValueError(f"{owner}: Expected hidden size {expected}, got {_shape(hx)}{hint}")
+        return hx
+
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor | PackedSequence, Any]:
+        owner = type(self).__name__
+        ref = next(self.parameters())
+        D = 2 if self.bidirectional else 1
+        if isinstance(input, PackedSequence):
+            data, batch_sizes_t, sorted_indices, unsorted_indices = input
+            _check_tensor(owner, "input", data, ref)
+            if data.dim() != 2:
+                raise ValueError(
+                    f"{owner}: a PackedSequence's data must be 2-D (rows, features), "
+                    f"got {data.dim()}-D"
+                )
+            _check_features(owner, data, self.input_size, batch_first=self.batch_first)
+            batch_sizes = [int(b) for b in batch_sizes_t.tolist()]
+            if (
+                not batch_sizes
+                or min(batch_sizes) <= 0
+                or any(a < b for a, b in zip(batch_sizes, batch_sizes[1:], strict=False))
+                or sum(batch_sizes) != data.shape[0]
+            ):
+                raise ValueError(
+                    f"{owner}: malformed PackedSequence: batch_sizes must be positive and "
+                    "non-increasing and sum to the number of rows; build it with "
+                    "torch.nn.utils.rnn.pack_padded_sequence(..., enforce_sorted=False) or "
+                    "pack_sequence(..., enforce_sorted=False)"
+                )
+            N, batched = batch_sizes[0], True
+        else:
+            _check_tensor(owner, "input", input, ref)
+            if input.dim() not in (2, 3):
+                raise ValueError(
+                    f"{owner}: Expected input to be 2D or 3D, got {input.dim()}D instead"
+                )
+            _check_features(owner, input, self.input_size, batch_first=self.batch_first)
+            batched = input.dim() == 3
+            x = input if batched else input.unsqueeze(0 if self.batch_first else 1)
+            if self.batch_first:
+                x = x.transpose(0, 1)
+            T, N = x.shape[0], x.shape[1]
+            if N == 0:
+                raise ValueError(f"{owner}: got an empty batch (batch size 0): {_shape(input)}")
+            if T == 0:
+                raise ValueError(
+                    f"{owner}: got zero-length sequences (sequence length 0): {_shape(input)}"
+                )
+            sorted_indices = unsorted_indices = None
+        if self.variant in BASELINES:
+            return self._forward_torch(input, hx, batched, N)
+
+        expected = (D * self.num_layers, N, self.hidden_size)
+        if hx is None:
+            h0 = torch.zeros(expected, dtype=ref.dtype, device=ref.device)
+        else:
+            if isinstance(hx, tuple):
+                raise TypeError(
+                    f"{owner}: variant {self.variant!r} takes hx as one Tensor, got a tuple"
+                )
+            if not batched:
+                _check_tensor(owner, "hx", hx, ref)
+                if hx.dim() != 2:
+                    raise ValueError(
+                        f"{owner}: For unbatched 2-D input, hx should also be 2-D but got "
+                        f"{hx.dim()}-D tensor"
+                    )
+                hx = hx.unsqueeze(1)
+            elif isinstance(hx, Tensor) and hx.dim() != 3:
+                raise ValueError(
+                    f"{owner}: For batched 3-D input, hx should also be 3-D but got "
+                    f"{hx.dim()}-D tensor"
+                )
+            h0 = self._check_hidden(owner, hx, expected, ref)
+            if sorted_indices is not None:
+                h0 = h0.index_select(1, sorted_indices)
+
+        if isinstance(input, PackedSequence):
+            out_data, h_n = self._run_layers(data, batch_sizes, h0)
+            if unsorted_indices is not None:
+                h_n = h_n.index_select(1, unsorted_indices)
+            return PackedSequence(out_data, batch_sizes_t, sorted_indices, unsorted_indices), h_n
+        out_data, h_n = self._run_layers(x.reshape(T * N, self.input_size), [N] * T, h0)
+        out = out_data.view(T, N, D * self.hidden_size)
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        if not batched:
+            return out.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
+        return out, h_n
+
+    def _run_layers(
+        self, data: Tensor, batch_sizes: Sequence[int], h0: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Layers and directions over packed rows: data ``(R, H_in)``, h0 ``(D*L, N, H)``."""
+        variant = VARIANTS[self.variant]
+        backend = resolve_backend(self.backend, variant, data.device, data.dtype)
+        self.last_backend = backend
+        run = layer_function(backend)
+        D = 2 if self.bidirectional else 1
+        finals = []
+        layer_input = data
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(D):
+                out, h_n = run(
+                    variant,
+                    layer_input,
+                    batch_sizes,
+                    h0[layer * D + direction],
+                    self.layer_weights(layer, direction),
+                    direction == 1,
+                )
+                outs.append(out)
+                finals.append(h_n)
+            layer_input = outs[0] if D == 1 else torch.cat(outs, 1)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        return layer_input, torch.stack(finals, 0)
+
+    def _forward_torch(self, input: Any, hx: Any, batched: bool, N: int) -> tuple[Any, Any]:
+        """Baselines: torch's own LSTM/RNN on this module's parameters."""
+        template = self._torch_template
+        assert template is not None
+        template.train(self.training)
+        self.last_backend = "torch"
+        params = dict(self.named_parameters())
+        args = (input,) if hx is None else (input, hx)
+        return functional_call(template, params, args)
+
+    def step(
+        self, input: Tensor, hx: Tensor | tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Any]:
+        """Streaming inference: advance every layer by one time step.
+
+        input: ``(N, H_in)`` (or ``(H_in,)`` unbatched), one step; hx: the state returned by
+        the previous call (``(num_layers, N, H)``), zeros if omitted. Returns ``(output (N, H),
+        state)``. Feeding a sequence step by step gives the same outputs as the whole sequence
+        at once.
+        """
+        if self.bidirectional:
+            raise ValueError(
+                f"{type(self).__name__}: step() needs a unidirectional network; the reverse "
+                "direction of a bidirectional one reads the whole sequence first"
+            )
+        if not isinstance(input, Tensor) or input.dim() not in (1, 2):
+            got = f"{input.dim()}-D" if isinstance(input, Tensor) else type(input).__name__
+            raise ValueError(
+                f"{type(self).__name__}: step() takes one time step, (N, H_in) or (H_in,); "
+                f"got {got}"
+            )
+        seq = input.unsqueeze(1 if self.batch_first and input.dim() == 2 else 0)
+        out, state = self(seq, hx)
+        return out.squeeze(1 if self.batch_first and input.dim() == 2 else 0), state
+
+
+class GRUCell(nn.Module):
+    r"""One step of any grukit variant; a drop-in for ``torch.nn.GRUCell``.
+
+    With ``variant="gru"`` it is ``torch.nn.GRUCell`` (same parameters, names, results)::
+
+        r = sigma(W_ir x + b_ir + W_hr h + b_hr);  z = sigma(W_iz x + b_iz + W_hz h + b_hz)
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn));  h' = (1 - z) * n + z * h
+
+    Shapes: input ``(N, H_in)`` or ``(H_in,)``; hx ``(N, H)`` or ``(H,)``, zeros if omitted;
+    returns ``h'`` of hx's shape. Parameters: ``weight_ih`` ``(Gx * H, H_in)``, ``weight_hh``
+    ``(Gh * H, H)``, ``bias_ih``, ``bias_hh``. ``variant="lstm"`` is ``torch.nn.LSTMCell`` (state
+    ``(h, c)``) and ``"rnn_tanh"`` is ``torch.nn.RNNCell``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        *,
+        variant: str = "gru",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        # one layer, one direction: the parameters of a GRU without the "_l0" suffix
+        inner = GRU(input_size, hidden_size, 1, bias, device=device, dtype=dtype,
+                    variant=variant, backend=backend)  # fmt: skip
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.variant, self.backend = variant, backend
+        self.last_backend: str | None = None
+        for kind in _WEIGHT_KINDS:
+            if hasattr(inner, kind + "_l0"):
+                self.register_parameter(kind, getattr(inner, kind + "_l0"))
+        self._torch_template: nn.Module | None = None
+        if variant in BASELINES:
+            cls = nn.LSTMCell if variant == "lstm" else nn.RNNCell
+            object.__setattr__(
+                self,
+                "_torch_template",
+                cls(input_size, hidden_size, bias, device="meta", dtype=dtype),
+            )
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.variant != "gru":
+            s += f", variant={self.variant!r}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    def forward(self, input: Tensor, hx: Tensor | tuple[Tensor, Tensor] | None = None) -> Any:
+        owner = type(self).__name__
+        ref = self.weight_ih
+        _check_tensor(owner, "input", input, ref)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{owner}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        _check_features(owner, input, self.input_size, batch_first=False)
+        if input.dim() == 2 and input.shape[0] == 0:
+            raise ValueError(f"{owner}: got an empty batch (batch size 0)")
+        if self._torch_template is not None:
+            self.last_backend = "torch"
+            args = (input,) if hx is None else (input, hx)
+            return functional_call(self._torch_template, dict(self.named_parameters()), args)
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        if hx is None:
+            h = torch.zeros(x.shape[0], self.hidden_size, dtype=ref.dtype, device=ref.device)
+        else:
+            _check_tensor(owner, "hx", hx, ref)
+            if hx.dim() != input.dim():
+                raise ValueError(
+                    f"{owner}: Expected hidden to be {input.dim()}D like the input, "
+                    f"got {hx.dim()}D instead"
+                )
+            h = hx if batched else hx.unsqueeze(0)
+            if _shape(h) != (x.shape[0], self.hidden_size):
+                raise ValueError(
+                    f"{owner}: Expected hidden size {(x.shape[0], self.hidden_size)}, "
+                    f"got {_shape(h)}"
+                )
+        variant = VARIANTS[self.variant]
+        backend = resolve_backend(self.backend, variant, x.device, x.dtype)
+        self.last_backend = backend
+        weights = LayerWeights(*(getattr(self, k, None) for k in _WEIGHT_KINDS))
+        out, _ = layer_function(backend)(variant, x, [x.shape[0]], h, weights, False)
+        return out if batched else out.squeeze(0)

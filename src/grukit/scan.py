@@ -1,0 +1,108 @@
+"""minGRU over a whole sequence at once: a parallel scan in log space (Feng et al. 2024, sec. 3).
+
+minGRU's state is a linear recurrence ``h_t = a_t * h_{t-1} + b_t`` with ``a_t = 1 - z_t`` in
+(0, 1) and ``b_t = z_t * g(.) > 0``, so it can be computed without a loop over time:
+``h_t = A_t h_0 + sum_{k<=t} (A_t / A_k) b_k`` with ``A_t = a_1 ... a_t``. The sum is evaluated in
+log space with ``logcumsumexp`` (Heinsen 2023), which keeps products of many gates from
+underflowing. Two refinements over the paper's ``parallel_scan_log``:
+
+- the ``h_0`` term ``A_t h_0`` is added separately, so ``h_0`` may be any real (the paper feeds
+  ``log g(h_0)``, which forces a positive state);
+- the scan runs in chunks of ``chunk`` steps and carries the state between chunks; within a
+  chunk ``|log A|`` stays small, which bounds the float32 rounding of ``exp(log A + ...)``
+  (one long scan loses about ``|log A_T| * 2^-24`` relative precision).
+
+Runs on any device; differentiated by autograd. Half-precision inputs are computed in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from grukit.reference import LayerWeights
+from grukit.variants import Variant
+
+__all__ = ["linear_scan_log", "mingru_scan_layer", "packed_time_index"]
+
+# log of a zero coefficient: finite so that logcumsumexp's gradient stays finite (exp(-1e30) = 0)
+_LOG_ZERO = -1e30
+
+
+def linear_scan_log(log_a: Tensor, log_b: Tensor, h0: Tensor, chunk: int = 64) -> Tensor:
+    """Solve ``h_t = a_t h_{t-1} + b_t`` for all ``t`` from log-coefficients.
+
+    log_a, log_b: ``(T, N, H)``, ``log a_t <= 0``; h0: ``(N, H)``. Returns ``h``: ``(T, N, H)``.
+    """
+    T = log_a.shape[0]
+    pad = (-T) % chunk
+    if pad:  # padded steps keep the state: a = 1, b = 0
+        log_a = F.pad(log_a, (0, 0, 0, 0, 0, pad), value=0.0)
+        log_b = F.pad(log_b, (0, 0, 0, 0, 0, pad), value=_LOG_ZERO)
+    K = log_a.shape[0] // chunk
+    log_a = log_a.reshape(K, chunk, *log_a.shape[1:])
+    log_b = log_b.reshape(K, chunk, *log_b.shape[1:])
+    log_A = torch.cumsum(log_a, dim=1)  # log of a_1..a_t within each chunk
+    # the state each chunk reaches from a zero start, then the carried-in state decayed by A
+    h_zero_start = torch.exp(log_A + torch.logcumsumexp(log_b - log_A, dim=1))
+    decay = torch.exp(log_A)
+    out = []
+    h = h0
+    for k in range(K):
+        hk = h_zero_start[k] + decay[k] * h
+        out.append(hk)
+        h = hk[-1]
+    return torch.cat(out, 0)[:T]
+
+
+def packed_time_index(batch_sizes: Sequence[int], reverse: bool) -> tuple[Tensor, Tensor]:
+    """Map packed rows to a padded ``(T, N)`` grid in processing order.
+
+    Returns ``(row, valid)``: ``row[p, b]`` is the packed row of the ``p``-th step that sequence
+    ``b`` processes (its step ``p``, or ``L_b - 1 - p`` when ``reverse``), ``valid[p, b]`` whether
+    ``p < L_b``. Invalid cells point at row 0 and are masked by the caller.
+    """
+    bs = torch.as_tensor(list(batch_sizes), dtype=torch.long)
+    T, N = len(bs), int(bs[0])
+    offsets = torch.cumsum(bs, 0) - bs
+    lengths = (bs.unsqueeze(1) > torch.arange(N)).sum(0)  # (N,)
+    p = torch.arange(T).unsqueeze(1)  # (T, 1)
+    valid = p < lengths.unsqueeze(0)
+    t = (lengths.unsqueeze(0) - 1 - p) if reverse else p.expand(T, N)
+    t = t.clamp(min=0)
+    row = torch.where(valid, offsets[t] + torch.arange(N), torch.zeros((), dtype=torch.long))
+    return row, valid
+
+
+def mingru_scan_layer(
+    v: Variant,
+    data: Tensor,
+    batch_sizes: Sequence[int],
+    h0: Tensor,
+    w: LayerWeights,
+    reverse: bool = False,
+    chunk: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """minGRU layer by the parallel scan (contract of :func:`grukit.reference.reference_layer`)."""
+    if v.family != "mingru":
+        raise ValueError(f"the parallel scan runs minGRU only, not {v.name!r}")
+    compute_dtype = torch.float32 if data.dtype in (torch.float16, torch.bfloat16) else data.dtype
+    H = h0.shape[-1]
+    gx = F.linear(data, w.weight_ih, w.bias_ih).to(compute_dtype)
+    row, valid = packed_time_index(batch_sizes, reverse)
+    row, valid = row.to(data.device), valid.to(data.device).unsqueeze(-1)
+    k = gx[row]  # (T, N, 2H)
+    kz, kn = k[..., :H], k[..., H:]
+    log_a = torch.where(valid, -F.softplus(kz), 0.0)  # log(1 - z)
+    log_n = torch.where(kn >= 0, torch.log(F.relu(kn) + 0.5), -F.softplus(-kn))  # log g(kn)
+    log_b = torch.where(valid, -F.softplus(-kz) + log_n, _LOG_ZERO)  # log(z * g(kn))
+    h = linear_scan_log(log_a, log_b, h0.to(compute_dtype), chunk)  # (T, N, H)
+    flat_valid = valid.squeeze(-1)
+    rows = row[flat_valid]  # a permutation of the packed rows
+    inverse = torch.empty_like(rows)
+    inverse[rows] = torch.arange(rows.numel(), device=rows.device)
+    out = h[flat_valid][inverse]
+    return out.to(data.dtype), h[-1].to(data.dtype)
