@@ -33,7 +33,12 @@ from grukit.variants import Variant
 __all__ = ["available", "unavailable_reason", "fused_layer", "kernel_spec", "call_count"]
 
 _SOURCE = Path(__file__).parent / "csrc" / "fused_rnn.cpp"
-_CELL_KIND = {("gru", "after"): 0, ("gru", "before"): 1, ("mgu", "before"): 2, ("mingru", "none"): 3}
+_CELL_KIND = {
+    ("gru", "after"): 0,
+    ("gru", "before"): 1,
+    ("mgu", "before"): 2,
+    ("mingru", "none"): 3,
+}
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"tried": False, "reason": None, "warned": False}
@@ -56,7 +61,13 @@ def _isa_flags() -> tuple[str, list[str]]:
             "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
         ]  # fmt: skip
     if capability.startswith("AVX2"):
-        return "AVX2", ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+        return "AVX2", [
+            "-mavx2",
+            "-mfma",
+            "-mf16c",
+            "-DCPU_CAPABILITY=AVX2",
+            "-DCPU_CAPABILITY_AVX2",
+        ]
     return "DEFAULT", ["-DCPU_CAPABILITY=DEFAULT"]
 
 
@@ -135,7 +146,13 @@ def kernel_spec(v: Variant) -> list[int]:
     """
     gate = v.gates[0]
     in_bias_hh = gate.bias and (gate.h or not gate.x)
-    return [_CELL_KIND[(v.family, v.reset)], len(v.gates), int(gate.x), int(gate.h), int(in_bias_hh)]
+    return [
+        _CELL_KIND[(v.family, v.reset)],
+        len(v.gates),
+        int(gate.x),
+        int(gate.h),
+        int(in_bias_hh),
+    ]
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:

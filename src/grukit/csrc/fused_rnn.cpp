@@ -95,30 +95,24 @@ void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
   }
 }
 
-// The same product, split into blocks of rows or columns of C that depend on the shape only,
-// run in parallel. Work below ~64K multiply-adds stays on the calling thread.
+// The same product, split into at most 8 blocks of rows or columns of C, chosen from the shape
+// only, run in parallel. Blocks stay at least 64 wide so each BLAS call stays efficient; work
+// below ~256K multiply-adds stays on the calling thread.
 template <typename T>
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
           int64_t ldb, T beta, T* C, int64_t ldc) {
-  const int64_t work = M * N * K;
-  constexpr int64_t kMinWork = int64_t(1) << 16;
-  constexpr int64_t kBlockWork = int64_t(1) << 19;
-  if (work < 2 * kMinWork || (M < 32 && N < 32)) {
-    gemm_serial(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
-    return;
-  }
-  // split the longer side of C into blocks (multiples of 16), at most 64 of them
+  constexpr int64_t kBlockWork = int64_t(1) << 18;
+  constexpr int64_t kMaxBlocks = 8, kMinSide = 64;
   const bool split_rows = M >= N;
   const int64_t side = split_rows ? M : N;
-  const int64_t other = (split_rows ? N : M) * K;
-  int64_t block = std::max<int64_t>(16, kBlockWork / std::max<int64_t>(other, 1));
-  block = std::max<int64_t>(block, (side + 63) / 64);
-  block = (block + 15) / 16 * 16;
-  const int64_t nblocks = (side + block - 1) / block;
+  const int64_t work = M * N * K;
+  int64_t nblocks = std::min<int64_t>({kMaxBlocks, work / kBlockWork, side / kMinSide});
   if (nblocks <= 1) {
     gemm_serial(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
     return;
   }
+  const int64_t block = ((side + nblocks - 1) / nblocks + 15) / 16 * 16;
+  nblocks = (side + block - 1) / block;
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t bi = b0; bi < b1; ++bi) {
       const int64_t s0 = bi * block, s1 = std::min(side, s0 + block);

@@ -1,0 +1,302 @@
+"""Speed of grukit's fused kernels against torch.nn.GRU, torch.nn.LSTM and the GEMM-only floor.
+
+Every candidate runs in the same process, interleaved: each round times every candidate once
+in turn, so a change in machine load touches them all alike; the report gives the median over
+rounds. Two measurements per shape: the forward pass without grad, and a training step
+(forward + backward of ``output.sum()``). The floor runs the same matrix products as a ``gru``
+layer through ``at::mm`` and nothing else.
+
+Run ``grukit bench`` (or ``python -m grukit.bench``); ``--json FILE`` writes every timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+import grukit
+from grukit import fused
+
+__all__ = ["SHAPES", "Shape", "run_benchmark", "main"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    batch: int
+    steps: int
+    input: int
+    hidden: int
+
+    def __str__(self) -> str:
+        return f"{self.name} (N={self.batch}, T={self.steps}, I={self.input}, H={self.hidden})"
+
+
+SHAPES: dict[str, Shape] = {
+    s.name: s
+    for s in (
+        Shape("S1", 1, 500, 32, 64),
+        Shape("S2", 16, 200, 88, 46),
+        Shape("S3", 64, 48, 8, 64),
+        Shape("S4", 32, 100, 88, 256),
+        Shape("S5", 256, 50, 128, 256),
+    )
+}
+#: minGRU's parallel scan against its sequential loop, at 1000 steps.
+SCAN_SHAPE = Shape("M1", 16, 1000, 64, 64)
+
+
+@dataclass
+class Candidate:
+    name: str
+    forward: Callable[[], object]
+    train: Callable[[], object]
+    times: dict[str, list[float]] = field(default_factory=lambda: {"forward": [], "train": []})
+
+
+def _module_candidate(name: str, module: nn.Module, x: torch.Tensor) -> Candidate:
+    params = list(module.parameters())
+
+    def forward() -> object:
+        with torch.no_grad():
+            return module(x)
+
+    def train() -> object:
+        for p in params:
+            p.grad = None
+        out, _ = module(x)
+        out.sum().backward()
+        return out
+
+    return Candidate(name, forward, train)
+
+
+def _floor_candidate(shape: Shape, generator: torch.Generator) -> Candidate:
+    N, T, I, H = shape.batch, shape.steps, shape.input, shape.hidden
+
+    def rand(*size: int) -> torch.Tensor:
+        return torch.rand(*size, generator=generator) - 0.5
+
+    x, h = rand(T * N, I), rand(N, H)
+    w_ih, w_hh, hs, dA = rand(3 * H, I), rand(3 * H, H), rand(T * N, H), rand(T * N, 3 * H)
+    return Candidate(
+        "GEMM floor",
+        lambda: fused.gemm_floor(x, h, w_ih, w_hh, hs, dA, False),
+        lambda: fused.gemm_floor(x, h, w_ih, w_hh, hs, dA, True),
+    )
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _measure(candidates: Sequence[Candidate], rounds: int, budget_s: float) -> None:
+    """Interleaved rounds: every candidate once per round, in turn; one warm-up round first."""
+    for c in candidates:
+        c.forward()
+        c.train()
+    started = time.perf_counter()
+    for r in range(rounds):
+        for c in candidates:
+            c.times["forward"].append(_timed(c.forward))
+            c.times["train"].append(_timed(c.train))
+        if r >= 2 and time.perf_counter() - started > budget_s:
+            break
+
+
+def _shape_candidates(shape: Shape, variants: Sequence[str], seed: int) -> list[Candidate]:
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape.steps, shape.batch, shape.input, generator=g) - 0.5
+    I, H = shape.input, shape.hidden
+    cands = [
+        _module_candidate("torch.nn.GRU", nn.GRU(I, H), x),
+        _module_candidate("torch.nn.LSTM", nn.LSTM(I, H), x),
+        _module_candidate("reference gru", grukit.GRU(I, H, backend="reference"), x),
+    ]
+    for v in variants:
+        cands.append(
+            _module_candidate(f"fused {v}", grukit.GRU(I, H, variant=v, backend="fused"), x)
+        )
+    cands.append(_floor_candidate(shape, g))
+    return cands
+
+
+def run_benchmark(
+    shapes: Sequence[Shape],
+    variants: Sequence[str] = tuple(grukit.VARIANTS),
+    *,
+    rounds: int = 15,
+    budget_s: float = 20.0,
+    seed: int = 0,
+    scan: bool = True,
+    log: Callable[[str], object] = print,
+) -> dict:
+    """Time every candidate on every shape; return a JSON-ready dict of medians and ratios."""
+    if not fused.available():
+        raise RuntimeError(f"the fused kernels are unavailable: {fused.unavailable_reason()}")
+    report: dict = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "grukit": grukit.__version__,
+            "blas": "BLAS called directly" if torch.ops.grukit.uses_blas() else "at::mm fallback",
+        },
+        "shapes": {},
+    }
+    for shape in shapes:
+        log(f"timing {shape} ...")
+        cands = _shape_candidates(shape, variants, seed)
+        _measure(cands, rounds, budget_s)
+        med = {c.name: {k: statistics.median(v) for k, v in c.times.items()} for c in cands}
+        entry: dict = {
+            "shape": vars(shape),
+            "rounds": len(cands[0].times["train"]),
+            "median_s": med,
+        }
+        ratios: dict = {}
+        for c in cands:
+            r = {}
+            for mode in ("forward", "train"):
+                t = med[c.name][mode]
+                r[mode] = {
+                    "vs_torch_gru": t / med["torch.nn.GRU"][mode],
+                    "vs_torch_lstm": t / med["torch.nn.LSTM"][mode],
+                    "floor_fraction": med["GEMM floor"][mode] / t,
+                }
+            ratios[c.name] = r
+        entry["ratios"] = ratios
+        report["shapes"][shape.name] = entry
+    if scan:
+        report["mingru_scan"] = _scan_benchmark(SCAN_SHAPE, rounds, budget_s, seed, log)
+    return report
+
+
+def _scan_benchmark(shape: Shape, rounds: int, budget_s: float, seed: int, log: Callable) -> dict:
+    log(f"timing minGRU at {shape} ...")
+    torch.manual_seed(seed)
+    x = torch.rand(shape.steps, shape.batch, shape.input) - 0.5
+    base = grukit.GRU(shape.input, shape.hidden, variant="mingru", backend="reference")
+    cands = []
+    for backend in ("reference", "scan", "fused"):
+        m = grukit.GRU(shape.input, shape.hidden, variant="mingru", backend=backend)
+        m.load_state_dict(base.state_dict())
+        cands.append(_module_candidate(f"mingru {backend}", m, x))
+    _measure(cands, rounds, budget_s)
+    med = {c.name: {k: statistics.median(v) for k, v in c.times.items()} for c in cands}
+    seq = med["mingru reference"]
+    return {
+        "shape": vars(shape),
+        "median_s": med,
+        "speedup_vs_sequential": {
+            c.name: {m: seq[m] / med[c.name][m] for m in ("forward", "train")} for c in cands
+        },
+    }
+
+
+def format_report(report: dict) -> str:
+    """The tables of ratios that the README shows."""
+    lines = [
+        f"threads: {report['machine']['threads']}, torch {report['machine']['torch']}, "
+        f"{report['machine']['blas']}",
+        "",
+    ]
+    for mode, title in (("train", "training step (forward + backward)"), ("forward", "forward")):
+        shapes = list(report["shapes"])
+        lines.append(f"### {title}: time as a ratio to torch.nn.GRU / to torch.nn.LSTM")
+        lines.append("")
+        lines.append("| candidate | " + " | ".join(shapes) + " |")
+        lines.append("|---|" + "---|" * len(shapes))
+        names = list(report["shapes"][shapes[0]]["ratios"])
+        for name in names:
+            cells = []
+            for s in shapes:
+                r = report["shapes"][s]["ratios"][name][mode]
+                cells.append(f"{r['vs_torch_gru']:.2f} / {r['vs_torch_lstm']:.2f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        ms = [
+            f"{report['shapes'][s]['median_s']['torch.nn.GRU'][mode] * 1e3:.1f} / "
+            f"{report['shapes'][s]['median_s']['torch.nn.LSTM'][mode] * 1e3:.1f}"
+            for s in shapes
+        ]
+        lines.append("| (torch GRU / LSTM, ms) | " + " | ".join(ms) + " |")
+        fr = [
+            f"{report['shapes'][s]['ratios']['fused gru'][mode]['floor_fraction']:.0%}"
+            for s in shapes
+        ]
+        lines.append("| fused gru, share of the GEMM floor's throughput | " + " | ".join(fr) + " |")
+        lines.append("")
+    if "mingru_scan" in report:
+        sc = report["mingru_scan"]
+        sh = sc["shape"]
+        lines.append(
+            f"### minGRU at N={sh['batch']}, T={sh['steps']}, I={sh['input']}, H={sh['hidden']}: "
+            "speed-up over the sequential loop"
+        )
+        lines.append("")
+        lines.append("| backend | forward | training step |")
+        lines.append("|---|---|---|")
+        for name, s in sc["speedup_vs_sequential"].items():
+            lines.append(f"| {name} | {s['forward']:.1f}x | {s['train']:.1f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="grukit bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, of S1..S5")
+    parser.add_argument(
+        "--variants", default=",".join(grukit.VARIANTS), help="fused variants to time"
+    )
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (median)")
+    parser.add_argument("--budget", type=float, default=20.0, help="seconds per shape, at most")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--no-scan", action="store_true", help="skip the minGRU scan timing")
+    parser.add_argument("--json", default=None, help="write every timing to this file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from grukit.errors import ConfigError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SHAPES]
+    if unknown:
+        raise ConfigError(f"unknown shape(s) {unknown}; valid: {', '.join(SHAPES)}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in grukit.VARIANTS]
+    if bad:
+        raise ConfigError(f"unknown variant(s) {bad}; valid: {', '.join(grukit.VARIANTS)}")
+    report = run_benchmark(
+        [SHAPES[s] for s in names], variants, rounds=args.rounds, budget_s=args.budget,
+        scan=not args.no_scan,
+    )  # fmt: skip
+    print(format_report(report))
+    if args.json:
+        from grukit.checkpoint import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

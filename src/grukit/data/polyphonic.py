@@ -1,0 +1,491 @@
+"""Polyphonic music as 88-key piano rolls (Boulanger-Lewandowski et al. 2012 benchmarks).
+
+A data set has three splits, ``train``, ``valid`` and ``test``; each split is a list of
+sequences, each sequence a float32 array of shape ``(T, 88)`` holding 0/1, ``T >= 1``.
+Column ``k`` is MIDI pitch ``21 + k`` (A0 .. C8); a frame is the set of keys sounding at one
+time step (a quarter note for JSB Chorales), an all-zero frame is a rest.
+
+Two file formats are read, both as published for the four benchmarks:
+
+* a pickled dict ``{'train', 'valid', 'test'}`` -> list of sequences -> list of frames ->
+  tuple of MIDI pitches (``jsb_chorales.pickle``). It is read with a restricted unpickler that
+  admits plain containers, numbers, strings and the two numpy globals such files use, and
+  refuses any other global, so a malicious pickle cannot run code.
+* a MATLAB v5 file (``JSB_Chorales.mat``, ``Nottingham.mat``, ...) with keys ``traindata``,
+  ``validdata``, ``testdata``: 1 x N cell arrays of T x 88 0/1 matrices.
+
+:func:`load_polyphonic` takes a path to one of those files, a named benchmark (downloaded and
+checksummed on first use, see :mod:`grukit.data.download`) or ``"bach"``, the chorales shipped
+inside music21 (see :mod:`grukit.data.bach`), which needs no network.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import numbers
+import os
+import pickle
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from grukit.errors import DataError
+
+__all__ = [
+    "DATASET_NAMES",
+    "HIGHEST_PITCH",
+    "LOWEST_PITCH",
+    "NUM_KEYS",
+    "SPLITS",
+    "PianoRollDataset",
+    "RestrictedUnpickler",
+    "frames_to_roll",
+    "load_mat",
+    "load_pickle",
+    "load_polyphonic",
+    "roll_to_frames",
+]
+
+LOWEST_PITCH = 21
+"""MIDI pitch of column 0 (A0)."""
+HIGHEST_PITCH = 108
+"""MIDI pitch of column 87 (C8)."""
+NUM_KEYS = 88
+"""Width of a piano-roll frame."""
+SPLITS: tuple[str, str, str] = ("train", "valid", "test")
+"""The splits every data set has, in this order."""
+
+MAT_KEYS: dict[str, str] = {"train": "traindata", "valid": "validdata", "test": "testdata"}
+"""Split name -> variable name in the published .mat files."""
+
+DATASET_NAMES: tuple[str, ...] = ("jsb", "nottingham", "musedata", "piano-midi", "bach")
+"""Names :func:`load_polyphonic` accepts instead of a path."""
+
+PICKLE_SUFFIXES = (".pickle", ".pkl")
+MAT_SUFFIXES = (".mat",)
+
+
+# --------------------------------------------------------------------------------------------
+# the data set
+
+
+@dataclass
+class PianoRollDataset:
+    """Train/valid/test piano rolls.
+
+    ``splits`` maps each of ``train``, ``valid``, ``test`` to a list of float32 arrays of shape
+    ``(T, 88)`` holding 0/1 (``T >= 1``; column ``k`` is MIDI pitch ``21 + k``). Construction
+    checks this and converts other numeric 0/1 arrays to contiguous float32. ``source`` says
+    where the data came from (a path, or the corpus); ``metadata`` holds optional extra facts
+    (for the Bach corpus: chorale names per split, skipped and duplicate chorales).
+    """
+
+    name: str
+    splits: dict[str, list[np.ndarray]]
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.splits, dict):
+            raise DataError(f"{self.name}: splits must be a dict, got {type(self.splits).__name__}")
+        missing = [s for s in SPLITS if s not in self.splits]
+        if missing:
+            raise DataError(
+                f"{self.name}: missing split {missing[0]!r}; a data set has splits "
+                f"{', '.join(SPLITS)}"
+            )
+        extra = sorted(set(self.splits) - set(SPLITS), key=str)
+        if extra:
+            raise DataError(
+                f"{self.name}: unexpected split {extra[0]!r}; a data set has splits "
+                f"{', '.join(SPLITS)}"
+            )
+        checked: dict[str, list[np.ndarray]] = {}
+        for split in SPLITS:
+            seqs = self.splits[split]
+            if not isinstance(seqs, (list, tuple)):
+                raise DataError(
+                    f"{self.name}: split {split!r} must be a list of (T, 88) arrays, "
+                    f"got {type(seqs).__name__}"
+                )
+            checked[split] = [
+                _check_roll(roll, f"{self.name}: split {split!r}, sequence {i}")
+                for i, roll in enumerate(seqs)
+            ]
+        self.splits = checked
+
+    def num_sequences(self, split: str | None = None) -> int:
+        """Number of sequences in ``split`` (all splits when None)."""
+        return sum(len(self.splits[s]) for s in self._names(split))
+
+    def num_frames(self, split: str | None = None) -> int:
+        """Total number of frames (time steps) in ``split`` (all splits when None)."""
+        return sum(int(r.shape[0]) for s in self._names(split) for r in self.splits[s])
+
+    def summary(self) -> str:
+        """One line per split: sequence count, frame count, min/mean/max length, notes/frame."""
+        lines = [f"{self.name} ({self.source})"]
+        for split in SPLITS:
+            rolls = self.splits[split]
+            if rolls:
+                lengths = np.array([r.shape[0] for r in rolls])
+                notes = sum(float(r.sum()) for r in rolls) / lengths.sum()
+                detail = (
+                    f"length {lengths.min()}/{lengths.mean():.1f}/{lengths.max()} "
+                    f"(min/mean/max), {notes:.2f} notes per frame"
+                )
+            else:
+                detail = "empty"
+            lines.append(
+                f"  {split:<5} {len(rolls):5d} sequences {self.num_frames(split):7d} frames, "
+                + detail
+            )
+        skipped = self.metadata.get("skipped")
+        duplicates = self.metadata.get("duplicates")
+        if skipped is not None or duplicates is not None:
+            lines.append(
+                f"  dropped {len(skipped or {})} that failed to parse and "
+                f"{len(duplicates or {})} duplicates"
+            )
+        return "\n".join(lines)
+
+    def _names(self, split: str | None) -> Sequence[str]:
+        if split is None:
+            return SPLITS
+        if split not in self.splits:
+            raise KeyError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+        return (split,)
+
+
+def _check_roll(roll: Any, where: str) -> np.ndarray:
+    """``roll`` as a contiguous float32 (T, 88) 0/1 array, or DataError naming ``where``."""
+    if not isinstance(roll, np.ndarray):
+        raise DataError(f"{where}: expected a (T, 88) array, got {type(roll).__name__}")
+    if roll.ndim != 2 or roll.shape[1] != NUM_KEYS:
+        raise DataError(
+            f"{where}: expected a (T, {NUM_KEYS}) piano roll over MIDI {LOWEST_PITCH}-"
+            f"{HIGHEST_PITCH}, got shape {roll.shape}"
+        )
+    if roll.shape[0] == 0:
+        raise DataError(f"{where}: empty sequence (0 frames); every sequence needs >= 1 frame")
+    if not (roll.dtype == np.bool_ or np.issubdtype(roll.dtype, np.number)):
+        raise DataError(f"{where}: expected numbers 0/1, got dtype {roll.dtype}")
+    bad = (roll != 0) & (roll != 1)
+    if bad.any():
+        t, k = (int(x) for x in np.argwhere(bad)[0])
+        raise DataError(
+            f"{where}, frame {t}: piano-roll values must be 0 or 1, found {roll[t, k]!r} "
+            f"at column {k} (MIDI {LOWEST_PITCH + k})"
+        )
+    return np.ascontiguousarray(roll, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# frames <-> rolls
+
+
+def frames_to_roll(frames: Iterable[Iterable[Any]], *, where: str = "sequence") -> np.ndarray:
+    """List of frames (each an iterable of MIDI pitches 21..108) -> float32 (T, 88) 0/1 roll.
+
+    Pitches must be integers (Python or numpy, or integral floats); an empty frame is a rest.
+    Raises DataError naming ``where`` and the frame index for a bad pitch or an empty sequence.
+    """
+    if isinstance(frames, (str, bytes)) or not isinstance(frames, Iterable):
+        raise DataError(f"{where}: expected a list of frames, got {type(frames).__name__}")
+    rows: list[list[int]] = []
+    for t, frame in enumerate(frames):
+        if isinstance(frame, (str, bytes, dict)) or not isinstance(frame, Iterable):
+            raise DataError(
+                f"{where}, frame {t}: expected a tuple of MIDI pitches, got {type(frame).__name__}"
+            )
+        rows.append([_pitch(p, f"{where}, frame {t}") for p in frame])
+    if not rows:
+        raise DataError(f"{where}: empty sequence (0 frames); every sequence needs >= 1 frame")
+    roll = np.zeros((len(rows), NUM_KEYS), dtype=np.float32)
+    for t, pitches in enumerate(rows):
+        if pitches:
+            roll[t, np.asarray(pitches) - LOWEST_PITCH] = 1.0
+    return roll
+
+
+def _pitch(value: Any, where: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise DataError(f"{where}: pitch must be an integer MIDI number, got {value!r}")
+    integral = isinstance(value, numbers.Integral) or (
+        isinstance(value, numbers.Real) and float(value).is_integer()
+    )
+    if integral:
+        pitch = int(value)
+    else:
+        shown = repr(value) if isinstance(value, numbers.Number) else type(value).__name__
+        raise DataError(f"{where}: pitch must be an integer MIDI number, got {shown}")
+    if not LOWEST_PITCH <= pitch <= HIGHEST_PITCH:
+        raise DataError(
+            f"{where}: pitch {pitch} is outside the piano range "
+            f"{LOWEST_PITCH}..{HIGHEST_PITCH} (MIDI)"
+        )
+    return pitch
+
+
+def roll_to_frames(roll: np.ndarray) -> list[tuple[int, ...]]:
+    """(T, 88) 0/1 roll -> list of T frames, each a sorted tuple of MIDI pitches (ints)."""
+    roll = _check_roll(np.asarray(roll), "roll")
+    return [tuple(int(k) + LOWEST_PITCH for k in np.flatnonzero(row)) for row in roll]
+
+
+# --------------------------------------------------------------------------------------------
+# restricted unpickling
+
+
+def _numpy_scalar() -> Any:
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return importlib.import_module(module).scalar
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError("numpy has no multiarray.scalar")  # pragma: no cover
+
+
+# Python 2 and protocol < 4 pickles spell sets as a call of the builtin type.
+_ALLOWED_BUILTINS = {"set": set, "frozenset": frozenset}
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """Stand-in for ``_codecs.encode``, which protocol-2 pickles from Python 3 use for bytes."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "") != "latin1":
+        raise pickle.UnpicklingError("_codecs.encode is only allowed as (str, 'latin1')")
+    return text.encode("latin1")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler for data files: plain containers, numbers, strings and numpy scalars only.
+
+    The only globals admitted are ``numpy.core.multiarray.scalar`` (or its numpy 2 spelling
+    ``numpy._core.multiarray.scalar``), ``numpy.dtype``, the builtins ``set`` and
+    ``frozenset``, and ``_codecs.encode`` restricted to ``(str, 'latin1')`` (how protocol-2
+    pickles written by Python 3 spell bytes, e.g. inside numpy scalars). Any other global
+    (``os.system``, ``builtins.eval``, ...) raises DataError before it can be called. Python 2
+    pickles are read with ``encoding='latin1'``, as numpy requires.
+    """
+
+    def __init__(self, file: Any, *, source: str = "pickle") -> None:
+        super().__init__(file, encoding="latin1")
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "scalar" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return _numpy_scalar()
+        if module == "numpy" and name == "dtype":
+            return np.dtype
+        if module in ("builtins", "__builtin__") and name in _ALLOWED_BUILTINS:
+            return _ALLOWED_BUILTINS[name]
+        if module == "_codecs" and name == "encode":
+            return _latin1_encode
+        raise DataError(
+            f"refusing to load {module + '.' + name!r} from {self.source}: only plain "
+            "containers, numbers and numpy scalars are allowed"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise DataError(f"refusing persistent id {pid!r} in {self.source}: not a plain data file")
+
+
+def _unpickle(data: bytes, source: str) -> Any:
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), source=source).load()
+    except DataError:
+        raise
+    except EOFError as exc:
+        raise DataError(f"{source} is truncated or corrupt (unexpected end of data)") from exc
+    except (
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        MemoryError,
+        UnicodeDecodeError,
+        RecursionError,
+    ) as exc:
+        raise DataError(f"{source} is truncated or corrupt ({exc})") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# file loaders
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"no such data file: {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, not a data file") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def load_pickle(path: str | os.PathLike[str], *, name: str | None = None) -> PianoRollDataset:
+    """Read a pickled ``{'train','valid','test'}`` -> sequences -> frames -> pitches dict.
+
+    Uses :class:`RestrictedUnpickler`; every pitch is checked (integer, 21..108), every
+    sequence must have >= 1 frame. Raises DataError naming file, split, sequence and frame.
+    """
+    path = Path(path)
+    obj = _unpickle(_read_bytes(path), path.name)
+    if not isinstance(obj, dict):
+        raise DataError(
+            f"{path.name}: expected a dict with keys 'train', 'valid', 'test', "
+            f"got {type(obj).__name__}"
+        )
+    keys = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    splits: dict[str, list[np.ndarray]] = {}
+    for split in SPLITS:
+        if split not in keys:
+            found = ", ".join(repr(k) for k in keys) or "none"
+            raise DataError(
+                f"{path.name}: missing split {split!r} (expected keys 'train', 'valid', "
+                f"'test'; found {found})"
+            )
+        seqs = keys[split]
+        if not isinstance(seqs, (list, tuple)):
+            raise DataError(
+                f"{path.name}: split {split!r} must be a list of sequences, "
+                f"got {type(seqs).__name__}"
+            )
+        if not seqs:
+            raise DataError(f"{path.name}: split {split!r} holds no sequences")
+        rolls = []
+        for i, seq in enumerate(seqs):
+            where = f"{path.name}: split {split!r}, sequence {i}"
+            if not isinstance(seq, (list, tuple)):
+                raise DataError(f"{where}: expected a list of frames, got {type(seq).__name__}")
+            rolls.append(frames_to_roll(seq, where=where))
+        splits[split] = rolls
+    return PianoRollDataset(name=name or path.stem, splits=splits, source=str(path))
+
+
+def load_mat(path: str | os.PathLike[str], *, name: str | None = None) -> PianoRollDataset:
+    """Read a MATLAB v5 file with ``traindata``/``validdata``/``testdata`` cell arrays.
+
+    Each cell is a T x 88 matrix of 0/1 over MIDI 21..108 (any numeric dtype). Raises
+    DataError for a truncated/corrupt file, missing keys, a wrong shape or values other than 0/1.
+    """
+    import scipy.io  # lazy: scipy is slow to import
+
+    path = Path(path)
+    data = _read_bytes(path)
+    try:
+        mat = scipy.io.loadmat(io.BytesIO(data))
+    except NotImplementedError as exc:  # v7.3 (HDF5) files
+        raise DataError(
+            f"{path.name}: unsupported MATLAB file version ({exc}); save it as v5 (-v7)"
+        ) from exc
+    except Exception as exc:  # scipy raises many types for damaged files
+        raise DataError(
+            f"{path.name} is truncated or corrupt (scipy.io.loadmat: {type(exc).__name__}: {exc})"
+        ) from exc
+    found = sorted(k for k in mat if not k.startswith("__"))
+    splits: dict[str, list[np.ndarray]] = {}
+    for split, key in MAT_KEYS.items():
+        if key not in mat:
+            raise DataError(
+                f"{path.name}: missing variable {key!r} (split {split!r}); expected "
+                f"'traindata', 'validdata', 'testdata', found {', '.join(found) or 'none'}"
+            )
+        cells = mat[key]
+        if not (isinstance(cells, np.ndarray) and cells.dtype == object and 1 in cells.shape):
+            shape = getattr(cells, "shape", None)
+            raise DataError(
+                f"{path.name}: {key!r} (split {split!r}) must be a 1 x N cell array of "
+                f"T x {NUM_KEYS} matrices, got {getattr(cells, 'dtype', type(cells))} "
+                f"array of shape {shape}"
+            )
+        cells = cells.reshape(-1)
+        if cells.size == 0:
+            raise DataError(f"{path.name}: split {split!r} ({key!r}) holds no sequences")
+        splits[split] = [
+            _check_roll(np.asarray(c), f"{path.name}: split {split!r}, sequence {i}")
+            for i, c in enumerate(cells)
+        ]
+    return PianoRollDataset(name=name or path.stem, splits=splits, source=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# the front door
+
+
+def _normalise_name(spec: str) -> str:
+    name = spec.strip().lower().replace("_", "-")
+    aliases = {
+        "jsb-chorales": "jsb",
+        "jsbchorales": "jsb",
+        "piano-midi.de": "piano-midi",
+        "pianomidi": "piano-midi",
+        "muse-data": "musedata",
+    }
+    return aliases.get(name, name)
+
+
+def load_polyphonic(
+    spec: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> PianoRollDataset:
+    """Load a polyphonic-music data set as 88-key piano rolls.
+
+    ``spec`` is a path to a ``.pickle``/``.pkl`` or ``.mat`` file, one of the named benchmarks
+    ``jsb``, ``nottingham``, ``musedata``, ``piano-midi`` (downloaded once from its public
+    URL, checked against its sha256 and kept in ``cache_dir``, default ``$GRUKIT_CACHE`` or
+    ``~/.cache/grukit``), or ``bach``: the chorales shipped inside music21 (parsed once, then
+    cached). ``progress`` shows tqdm bars for downloading/parsing.
+
+    Raises DataError (DownloadError for network problems) with a message naming the problem.
+    """
+    names = ", ".join(DATASET_NAMES)
+    if isinstance(spec, os.PathLike) or (
+        isinstance(spec, str) and (os.sep in spec or "/" in spec or Path(spec).suffix)
+    ):
+        return _load_path(Path(spec), names)
+    if not isinstance(spec, str):
+        raise DataError(f"expected a data set name ({names}) or a path, got {type(spec).__name__}")
+    name = _normalise_name(spec)
+    if name == "bach":
+        from grukit.data.bach import load_bach
+
+        return load_bach(cache_dir=cache_dir, progress=progress)
+    from grukit.data.download import REGISTRY, fetch
+
+    if name in REGISTRY:
+        entry = REGISTRY[name]
+        local = fetch(name, cache_dir=cache_dir, progress=progress)
+        dataset = _load_path(local, names, name=name)
+        dataset.metadata["url"] = entry.url
+        return dataset
+    raise DataError(
+        f"unknown data set {spec!r}: expected one of {names}, or a path to a .pickle/.pkl/.mat file"
+    )
+
+
+def _load_path(path: Path, names: str, *, name: str | None = None) -> PianoRollDataset:
+    suffix = path.suffix.lower()
+    if not path.exists():
+        raise DataError(
+            f"no such data file: {path} (pass a .pickle/.pkl/.mat file or one of the named "
+            f"data sets: {names})"
+        )
+    if suffix in PICKLE_SUFFIXES:
+        return load_pickle(path, name=name)
+    if suffix in MAT_SUFFIXES:
+        return load_mat(path, name=name)
+    raise DataError(
+        f"{path.name}: unsupported file type {suffix or '(no suffix)'!r}: expected .pickle, "
+        f".pkl or .mat (or one of the named data sets: {names})"
+    )
