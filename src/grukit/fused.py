@@ -224,6 +224,19 @@ def fused_layer(
     )  # fmt: skip
 
 
+def profile(fn: Any) -> dict[str, float]:
+    """Seconds per kernel phase while ``fn()`` runs (forward, backward, GEMMs, element-wise)."""
+    if not available():
+        raise RuntimeError(f"the fused kernels are unavailable: {unavailable_reason()}")
+    torch.ops.grukit.set_profiling(True)
+    try:
+        fn()
+        seconds, names = torch.ops.grukit.profile()
+    finally:
+        torch.ops.grukit.set_profiling(False)
+    return dict(zip(names, seconds, strict=True))
+
+
 def gemm_floor(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, hs: Tensor, dA: Tensor,
                backward: bool) -> None:  # fmt: skip
     """Run only the matrix products of a ``gru`` layer through ``at::mm`` (benchmark floor)."""

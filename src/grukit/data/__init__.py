@@ -1,5 +1,6 @@
 """Data sets for grukit: polyphonic music as 88-key piano rolls (and their downloads)."""
 
+from grukit.data.bach import load_bach
 from grukit.data.download import REGISTRY, DatasetEntry, default_cache_dir, fetch
 from grukit.data.polyphonic import (
     DATASET_NAMES,
@@ -27,6 +28,7 @@ __all__ = [
     "default_cache_dir",
     "fetch",
     "frames_to_roll",
+    "load_bach",
     "load_mat",
     "load_pickle",
     "load_polyphonic",

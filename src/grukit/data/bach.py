@@ -442,7 +442,7 @@ def load_bach(
     if path.is_file() and not refresh:
         try:
             return _load(path)
-        except (OSError, ValueError, KeyError, DataError) as exc:
+        except Exception as exc:  # OSError, ValueError, BadZipFile, KeyError, DataError, ...
             log.warning("rebuilding the Bach chorale cache %s: %s", path, exc)
     try:
         import music21  # noqa: F401

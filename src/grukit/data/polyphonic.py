@@ -301,19 +301,8 @@ def _unpickle(data: bytes, source: str) -> Any:
         raise
     except EOFError as exc:
         raise DataError(f"{source} is truncated or corrupt (unexpected end of data)") from exc
-    except (
-        pickle.UnpicklingError,
-        ValueError,
-        TypeError,
-        KeyError,
-        IndexError,
-        AttributeError,
-        OverflowError,
-        MemoryError,
-        UnicodeDecodeError,
-        RecursionError,
-    ) as exc:
-        raise DataError(f"{source} is truncated or corrupt ({exc})") from exc
+    except Exception as exc:  # UnpicklingError, ValueError, TypeError, RuntimeError, ...
+        raise DataError(f"{source} is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,9 +439,7 @@ def load_polyphonic(
     Raises DataError (DownloadError for network problems) with a message naming the problem.
     """
     names = ", ".join(DATASET_NAMES)
-    if isinstance(spec, os.PathLike) or (
-        isinstance(spec, str) and (os.sep in spec or "/" in spec or Path(spec).suffix)
-    ):
+    if isinstance(spec, os.PathLike):
         return _load_path(Path(spec), names)
     if not isinstance(spec, str):
         raise DataError(f"expected a data set name ({names}) or a path, got {type(spec).__name__}")
@@ -469,6 +456,8 @@ def load_polyphonic(
         dataset = _load_path(local, names, name=name)
         dataset.metadata["url"] = entry.url
         return dataset
+    if os.sep in spec or "/" in spec or Path(spec).suffix or Path(spec).exists():
+        return _load_path(Path(spec), names)
     raise DataError(
         f"unknown data set {spec!r}: expected one of {names}, or a path to a .pickle/.pkl/.mat file"
     )
