@@ -25,9 +25,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from grukit.reference import LayerWeights
+from grukit.reference import LayerWeights, reference_layer
 from grukit.variants import Variant
 
 __all__ = ["available", "unavailable_reason", "fused_layer", "kernel_spec", "call_count"]
@@ -160,7 +159,12 @@ def _contiguous(t: Tensor | None) -> Tensor | None:
 
 
 class _FusedLayer(torch.autograd.Function):
-    """Autograd over the C++ forward/backward of one layer-direction."""
+    """Autograd over the C++ forward/backward of one layer-direction.
+
+    The C++ backward is not itself differentiable. When a second derivative is asked for
+    (``create_graph=True``), the backward differentiates the reference implementation of the
+    same layer instead: correct to any order, at the reference's speed.
+    """
 
     @staticmethod
     def forward(
@@ -172,20 +176,19 @@ class _FusedLayer(torch.autograd.Function):
         b_ih: Tensor | None,
         b_hh: Tensor | None,
         batch_sizes: Tensor,
-        spec: list[int],
+        variant: Variant,
         reverse: bool,
         save: bool,
     ) -> tuple[Tensor, Tensor]:
         out, h_n, ws = torch.ops.grukit.rnn_forward(
-            x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, spec, reverse, save
+            x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, kernel_spec(variant), reverse, save
         )
         if save:
             ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, ws, batch_sizes)
-        ctx.spec, ctx.reverse = spec, reverse
+        ctx.variant, ctx.reverse = variant, reverse
         return out, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple:
         x, h0, w_ih, w_hh, b_ih, b_hh, ws, batch_sizes = ctx.saved_tensors
         if grad_out is None:
@@ -193,12 +196,36 @@ class _FusedLayer(torch.autograd.Function):
         if grad_hn is None:
             grad_hn = torch.zeros_like(h0)
         needs = [int(n) for n in ctx.needs_input_grad[:6]]
-        grads = torch.ops.grukit.rnn_backward(
-            grad_out.contiguous(), grad_hn.contiguous(), x, h0, w_ih, w_hh, b_ih, b_hh, ws,
-            batch_sizes, ctx.spec, ctx.reverse, needs,
-        )  # fmt: skip
-        out = [g if n and g.numel() > 0 else None for g, n in zip(grads, needs, strict=True)]
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            grads = _reference_backward(ctx, grad_out, grad_hn, needs)
+        else:
+            grads = torch.ops.grukit.rnn_backward(
+                grad_out.contiguous(), grad_hn.contiguous(), x, h0, w_ih, w_hh, b_ih, b_hh, ws,
+                batch_sizes, kernel_spec(ctx.variant), ctx.reverse, needs,
+            )  # fmt: skip
+        out = [
+            g if n and g is not None and g.numel() > 0 else None
+            for g, n in zip(grads, needs, strict=True)
+        ]
         return (*out, None, None, None, None)
+
+
+def _reference_backward(ctx: Any, grad_out: Tensor, grad_hn: Tensor, needs: list[int]) -> list:
+    """First derivatives of the layer through the reference, as a graph (for double backward)."""
+    x, h0, w_ih, w_hh, b_ih, b_hh, _, batch_sizes = ctx.saved_tensors
+    inputs = [x, h0, w_ih, w_hh, b_ih, b_hh]
+    wanted = [t for t, n in zip(inputs, needs, strict=True) if n and t is not None]
+    out, h_n = reference_layer(
+        ctx.variant, x, batch_sizes.tolist(), h0, LayerWeights(w_ih, w_hh, b_ih, b_hh), ctx.reverse
+    )
+    found = iter(
+        torch.autograd.grad(
+            (out, h_n), wanted, (grad_out, grad_hn), create_graph=True, allow_unused=True
+        )
+    )
+    return [
+        next(found) if n and t is not None else None for t, n in zip(inputs, needs, strict=True)
+    ]
 
 
 def fused_layer(
@@ -220,7 +247,7 @@ def fused_layer(
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     return _FusedLayer.apply(
         data.contiguous(), h0.contiguous(), w.weight_ih.contiguous(), _contiguous(w.weight_hh),
-        _contiguous(w.bias_ih), _contiguous(w.bias_hh), bs, kernel_spec(v), reverse, save,
+        _contiguous(w.bias_ih), _contiguous(w.bias_hh), bs, v, reverse, save,
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ atomically after every epoch; ``last`` carries optimizer, scheduler and RNG stat
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -70,6 +71,11 @@ class TrainConfig:
         4, "epochs without validation progress before the plateau schedule lowers the rate"
     )
     clip_grad_norm: float = _f(1.0, "clip the gradient's global norm to this (0 = off)")
+    ema: float = _f(
+        0.0,
+        "decay of an exponential moving average of the weights, which is what is evaluated "
+        "and kept as the best checkpoint (0 = off; e.g. 0.99)",
+    )
     batch_size: int = _f(8, "sequences per mini-batch")
     epochs: int = _f(60, "maximum number of epochs")
     patience: int = _f(12, "early stopping: epochs without validation progress (0 = off)")
@@ -108,6 +114,7 @@ class TrainConfig:
                 f"plateau_patience must be >= 0, got {self.plateau_patience}",
             ),
             (self.clip_grad_norm >= 0, f"clip_grad_norm must be >= 0, got {self.clip_grad_norm}"),
+            (0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
         ]
@@ -191,6 +198,10 @@ class Trainer:
             input_dropout=config.input_dropout, output_dropout=config.output_dropout,
             backend=config.backend,
         )  # fmt: skip
+        # the weights that are evaluated: an exponential moving average of the trained ones
+        self.averaged = copy.deepcopy(self.model) if config.ema > 0 else self.model
+        for p in self.averaged.parameters() if config.ema > 0 else ():
+            p.requires_grad_(False)
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         self.epoch = 0  # completed epochs
@@ -253,7 +264,7 @@ class Trainer:
         trainer = cls(config, log=log, _resuming=True)
         meta = load_checkpoint(
             run / "checkpoints" / "last",
-            model=trainer.model,
+            model=trainer._resume_state(),
             optimizer=trainer.optimizer,
             scheduler=trainer.scheduler,
             restore_rng=True,
@@ -279,8 +290,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, split: str) -> dict[str, float]:
-        """The task's metric on ``split`` (see :func:`evaluate`)."""
-        return evaluate(self.task, self.model, split)
+        """The task's metric on ``split`` (see :func:`evaluate`), of the evaluated weights."""
+        return evaluate(self.task, self.averaged, split)
 
     # ------------------------------------------------------------------ training
 
@@ -311,6 +322,13 @@ class Trainer:
                 if c.clip_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_grad_norm)
                 self.optimizer.step()
+                if c.ema > 0:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(
+                            list(self.averaged.parameters()),
+                            list(self.model.parameters()),
+                            1 - c.ema,
+                        )
                 total += loss_sum.item()
                 count += n
                 sequences += batch.sequences
@@ -376,11 +394,11 @@ class Trainer:
         return self._finish(stopped)
 
     def _finish(self, stopped: str) -> dict[str, Any]:
-        load_checkpoint(self.run_dir / "checkpoints" / "best", model=self.model)
+        load_checkpoint(self.run_dir / "checkpoints" / "best", model=self.averaged)
         result: dict[str, Any] = {
             "run": str(self.run_dir),
             "variant": self.config.variant,
-            "parameters": _count_parameters(self.model),
+            "parameters": _count_parameters(self.averaged),
             "best_epoch": self.best_epoch,
             "epochs": self.epoch,
             "stopped_by": stopped,
@@ -415,12 +433,18 @@ class Trainer:
         }
         save_checkpoint(
             self.run_dir / "checkpoints" / which,
-            model=self.model,
+            model=self._resume_state() if which == "last" else self.averaged,
             optimizer=self.optimizer if which == "last" else None,
             scheduler=self.scheduler if which == "last" else None,
             meta=meta,
             rng=which == "last",
         )
+
+    def _resume_state(self) -> nn.Module:
+        """What ``last`` holds of the weights: the model, and its average when there is one."""
+        if self.averaged is self.model:
+            return self.model
+        return nn.ModuleDict({"model": self.model, "averaged": self.averaged})
 
     def _append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
