@@ -288,19 +288,30 @@ def restore_threads():
     torch.set_num_threads(n)
 
 
+# The kernel's three ways of using threads, by shape (see fused_rnn.cpp):
+#   "split":    a step is big enough to split its GEMMs and element-wise passes (N*H > 8192);
+#   "blocks":   small steps, 32 or more rows: two fixed row blocks run the recurrence apart;
+#   "overlap":  small steps, fewer rows: backward computes a chunk's weight gradients on a
+#               second thread while the first runs the next chunk's recursion.
+THREADING_SHAPES = {
+    "split": (64, 20, 40, 130),
+    "blocks": (40, 30, 7, 48),
+    "overlap": (12, 60, 9, 40),
+}
+
+
 @needs_fused
+@pytest.mark.parametrize("path", list(THREADING_SHAPES))
 @pytest.mark.parametrize("name", VARIANT_NAMES)
-def test_bitwise_identical_across_thread_counts(name, restore_threads):
-    """Sizes above the kernel's parallel thresholds, packed and bidirectional: the per-step GEMM
-    is 64 x 390 x 130 (3.2M multiply-adds; gemm() splits from 2^18 upwards) and the element-wise
-    passes have 64 rows of 130 (for_rows() splits above 8192 elements); the input projection,
-    the weight-gradient GEMMs and the column sums (1280 rows) are split too."""
-    N, T, Hin, H = 64, 20, 40, 130
+def test_bitwise_identical_across_thread_counts(name, path, restore_threads):
+    """Each threading path, packed and bidirectional: bit-identical results with 1 and 2
+    threads (every split depends on the shape only, every sum runs in a fixed order)."""
+    N, T, Hin, H = THREADING_SHAPES[path]
     torch.manual_seed(5)
     m = grukit.GRU(Hin, H, bidirectional=True, variant=name, backend="fused")
     x = torch.randn(T, N, Hin)
     h0 = torch.randn(2, N, H)
-    lengths = [T] * 40 + [T - 3] * 10 + [1 + i % T for i in range(14)]
+    lengths = ([T] * 40 + [T - 3] * 10 + [1 + i % T for i in range(N)])[:N]
     results = {}
     for threads in (1, 2, 1):
         torch.set_num_threads(threads)
@@ -313,15 +324,34 @@ def test_bitwise_identical_across_thread_counts(name, restore_threads):
 
 
 @needs_fused
-@pytest.mark.parametrize("name", ["gru", "gru_reset_before", "mgu"])
-def test_parallel_size_equals_reference(name):
-    """The sizes of the thread test (shorter), against the reference: the parallel split is
-    right (one family per cell kind with a per-step GEMM)."""
-    N, T, Hin, H = 64, 8, 40, 130
+@pytest.mark.parametrize("path", list(THREADING_SHAPES))
+@pytest.mark.parametrize("name", ["gru", "gru_reset_before", "mgu", "mingru"])
+def test_threading_paths_equal_reference(name, path, restore_threads):
+    """The shapes of the thread test, with 2 threads, against the reference (one variant per
+    cell kind): each threading path computes the right thing, packed and bidirectional."""
+    torch.set_num_threads(2)
+    N, T, Hin, H = THREADING_SHAPES[path]
     fused, ref = pair(name, Hin, H, 1, True, dtype=torch.float64, seed=6)
     x, h0 = inputs(T, N, Hin, H, 1, 2, torch.float64)
-    lengths = [T] * 40 + [T - 3] * 10 + [1 + i % T for i in range(14)]
+    lengths = ([T] * 40 + [T - 3] * 10 + [1 + i % T for i in range(N)])[:N]
     assert_close_all(run(fused, x, h0, lengths), run(ref, x, h0, lengths), torch.float64, name)
+
+
+@needs_fused
+def test_fused_call_keeps_torch_thread_settings(restore_threads):
+    """The kernel lowers BLAS to one thread while it runs; afterwards torch must have the thread
+    count it had (a leak once left torch's own GRU/LSTM on one thread, 1.8x slower)."""
+    for threads in (2, 1, 2):
+        torch.set_num_threads(threads)
+        for shape in THREADING_SHAPES.values():
+            N, T, Hin, H = shape
+            m = grukit.GRU(Hin, H, backend="fused")
+            out, _ = m(torch.randn(T, N, Hin))
+            out.sum().backward()
+            assert torch.get_num_threads() == threads
+        info = torch.__config__.parallel_info()
+        if "mkl_get_max_threads" in info:
+            assert f"mkl_get_max_threads() : {threads}" in info
 
 
 # -- the fast path really runs ------------------------------------------------------------------

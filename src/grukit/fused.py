@@ -74,7 +74,9 @@ def _build() -> None:
     from torch.utils import cpp_extension
 
     isa, flags = _isa_flags()
-    cflags = ["-O3", "-std=c++17", *flags]
+    # -fopenmp: at::parallel_for is an OpenMP template, compiled into this extension; without
+    # the flag its pragmas vanish and every "parallel" loop runs on one thread
+    cflags = ["-O3", "-std=c++17", "-fopenmp", *flags]
     key = hashlib.sha256(
         _SOURCE.read_bytes() + f"{torch.__version__}|{isa}|{cflags}".encode()
     ).hexdigest()[:16]
@@ -92,6 +94,7 @@ def _build() -> None:
         name=name,
         sources=[str(_SOURCE)],
         extra_cflags=cflags,
+        extra_ldflags=["-fopenmp"],
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=False,

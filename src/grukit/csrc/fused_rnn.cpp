@@ -28,11 +28,17 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -128,24 +134,34 @@ void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
 }
 
 // Keeps BLAS single-threaded on this thread while it lives: the kernels parallelise around
-// BLAS calls themselves, with splits that do not depend on the thread count.
+// BLAS calls themselves, with splits that do not depend on the thread count. ATen seeds this
+// thread's OpenMP pool size from MKL's thread count the first time it runs a parallel loop
+// here, so that happens before MKL's count is lowered, and the pool size is put back after.
 struct SingleThreadedBlas {
   int previous = 0;
+  int omp_threads = 1;
   SingleThreadedBlas() {
+    at::internal::lazy_init_num_threads();
+#ifdef _OPENMP
+    omp_threads = omp_get_max_threads();
+#endif
     if (MKL_Set_Num_Threads_Local != nullptr) previous = MKL_Set_Num_Threads_Local(1);
   }
   ~SingleThreadedBlas() {
     if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
+#ifdef _OPENMP
+    if (omp_get_max_threads() != omp_threads) omp_set_num_threads(omp_threads);
+#endif
   }
 };
 
 // The same product, split into at most 8 blocks of rows or columns of C, chosen from the shape
-// only, run in parallel. Blocks stay at least 64 wide so each BLAS call stays efficient; work
-// below ~256K multiply-adds stays on the calling thread.
+// only, run in parallel. Blocks stay at least 64 wide and 1M multiply-adds big, so each BLAS
+// call stays efficient and a split pays for its synchronisation and cache traffic.
 template <typename T>
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
           int64_t ldb, T beta, T* C, int64_t ldc) {
-  constexpr int64_t kBlockWork = int64_t(1) << 18;
+  constexpr int64_t kBlockWork = int64_t(1) << 20;
   constexpr int64_t kMaxBlocks = 8, kMinSide = 64;
   const bool split_rows = M >= N;
   const int64_t side = split_rows ? M : N;
@@ -317,8 +333,8 @@ struct StepPtrs {
   const T* gx;   // (n, Gx*H) input projection of this step (without bias_ih)
   const T* bih;  // (Gx*H) or null
   const T* bhh;  // bias_hh or null
-  const T* g1;   // (n, K1*H) first GEMM on h, or null
-  const T* c2;   // (n, H) candidate GEMM on r*h (reset-before), or null
+  T* g1;         // (n, K1*H) first GEMM on h, or null
+  T* c2;         // (n, H) candidate GEMM on r*h (reset-before), or null
   T* h;          // (n, H) state, updated in place
   T* rh;         // (n, H) r*h, input of the candidate GEMM (reset-before)
   T* keep;       // (n, H) z or f, carried from phase 1 to phase 2 (reset-before)
@@ -493,6 +509,35 @@ const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
 
 std::atomic<int64_t> g_calls{0};
 
+// True when a step's GEMMs and element-wise pass are too small to be split across threads
+// (the thresholds of gemm() and for_rows()), so one thread runs the whole recurrence.
+bool steps_are_serial(const Layout& L, int64_t N) {
+  const int64_t gemm_work = N * L.H * L.H * (L.cell == kGruResetAfter ? 3 : std::max<int64_t>(L.K1, 1));
+  return N * L.H <= 8192 && gemm_work < (int64_t(2) << 20);
+}
+
+// Batch rows never interact in the recurrence. When a step is too small to split, a batch of
+// 32 or more rows is cut into two fixed row blocks that run their steps on different threads
+// with no synchronisation between steps. The cut depends on the shape only.
+std::vector<std::pair<int64_t, int64_t>> row_blocks(const Layout& L, int64_t N) {
+  if (!steps_are_serial(L, N) || N < 32) return {{0, N}};
+  const int64_t half = (N / 2 + 7) / 8 * 8;
+  return {{0, half}, {half, N}};
+}
+
+// Runs f(lo, hi) for every row block, the blocks in parallel.
+template <typename F>
+void for_row_blocks(const std::vector<std::pair<int64_t, int64_t>>& blocks, const F& f) {
+  if (blocks.size() == 1) {
+    f(blocks[0].first, blocks[0].second);
+    return;
+  }
+  at::parallel_for(0, int64_t(blocks.size()), 1, [&](int64_t b0, int64_t b1) {
+    SingleThreadedBlas blas_guard;
+    for (int64_t b = b0; b < b1; ++b) f(blocks[b].first, blocks[b].second);
+  });
+}
+
 template <typename T>
 void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tensor& x,
                   const at::Tensor& w_ih, const c10::optional<at::Tensor>& w_hh,
@@ -523,6 +568,43 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
     p.c2 = c2;
     p.keep = scratch[2].data_ptr<T>();
   }
+  // the steps of chunk c for batch rows [lo, hi)
+  auto run_steps = [&](const Chunk& c, int64_t lo, int64_t hi) {
+    StepPtrs<T> q = p;
+    q.h = hp + lo * H;
+    if (L.K1 > 0) q.g1 = p.g1 + lo * L.K1 * H;
+    if (before) {
+      q.rh = p.rh + lo * H;
+      q.c2 = c2 + lo * H;
+      q.keep = p.keep + lo * H;
+    }
+    for (int64_t i = 0; i < c.t1 - c.t0; ++i) {
+      const int64_t t = reverse ? c.t1 - 1 - i : c.t0 + i;
+      const int64_t n = std::min(S.n[t], hi) - lo, off = S.off[t] + lo;  // off: packed row of lo
+      if (n <= 0) continue;
+      q.gx = gx.data_ptr<T>() + (off - c.r0) * sx;
+      q.ws = ws ? ws->data_ptr<T>() + off * L.W * H : nullptr;
+      if (L.K1 > 0) {  // g1 = h W1^T, W1 = the first K1*H rows of weight_hh
+        PhaseTimer timer(kStepGemm);
+        gemm<T>(false, true, n, L.K1 * H, H, q.h, H, whh, H, T(0), q.g1, L.K1 * H);
+      }
+      {
+        PhaseTimer timer(kStepElementwise);
+        for_rows(n, H, [&](int64_t r0, int64_t r1) { forward_phase1<T>(L, q, r0, r1); });
+      }
+      if (before) {  // candidate GEMM on r*h with the last H rows of weight_hh
+        {
+          PhaseTimer timer(kStepGemm);
+          gemm<T>(false, true, n, H, H, q.rh, H, whh + L.K1 * H * H, H, T(0), q.c2, H);
+        }
+        PhaseTimer timer(kStepElementwise);
+        for_rows(n, H, [&](int64_t r0, int64_t r1) { forward_phase2<T>(L, q, r0, r1); });
+      }
+      PhaseTimer timer(kStepCopy);
+      std::copy(q.h, q.h + n * H, outp + off * H);
+    }
+  };
+  const auto blocks = row_blocks(L, N);
   const int64_t nchunks = int64_t(chunks.size());
   for (int64_t ci = 0; ci < nchunks; ++ci) {
     const Chunk& c = chunks[reverse ? nchunks - 1 - ci : ci];
@@ -531,30 +613,7 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
       gemm<T>(false, true, c.r1 - c.r0, sx, I, x.data_ptr<T>() + c.r0 * I, I, w_ih.data_ptr<T>(),
               I, T(0), gx.data_ptr<T>(), sx);
     }
-    for (int64_t i = 0; i < c.t1 - c.t0; ++i) {
-      const int64_t t = reverse ? c.t1 - 1 - i : c.t0 + i;
-      const int64_t n = S.n[t], off = S.off[t];
-      p.gx = gx.data_ptr<T>() + (off - c.r0) * sx;
-      p.ws = ws ? ws->data_ptr<T>() + off * L.W * H : nullptr;
-      if (L.K1 > 0) {  // g1 = h W1^T, W1 = the first K1*H rows of weight_hh
-        PhaseTimer timer(kStepGemm);
-        gemm<T>(false, true, n, L.K1 * H, H, hp, H, whh, H, T(0), g1.data_ptr<T>(), L.K1 * H);
-      }
-      {
-        PhaseTimer timer(kStepElementwise);
-        for_rows(n, H, [&](int64_t r0, int64_t r1) { forward_phase1<T>(L, p, r0, r1); });
-      }
-      if (before) {  // candidate GEMM on r*h with the last H rows of weight_hh
-        {
-          PhaseTimer timer(kStepGemm);
-          gemm<T>(false, true, n, H, H, p.rh, H, whh + L.K1 * H * H, H, T(0), c2, H);
-        }
-        PhaseTimer timer(kStepElementwise);
-        for_rows(n, H, [&](int64_t r0, int64_t r1) { forward_phase2<T>(L, p, r0, r1); });
-      }
-      PhaseTimer timer(kStepCopy);
-      std::copy(hp, hp + n * H, outp + off * H);
-    }
+    for_row_blocks(blocks, [&](int64_t lo, int64_t hi) { run_steps(c, lo, hi); });
   }
 }
 
@@ -670,8 +729,12 @@ struct Segment {
   int64_t col, row, width;
 };
 
-// Gradients of one layer-direction: the per-step recursion, then per chunk of steps the
-// parameter and input gradients from that chunk's dA while it is still in cache.
+// Gradients of one layer-direction: the per-step recursion, chunk by chunk in reverse order of
+// the forward pass, and for every chunk the parameter and input gradients from its dA while it
+// is still in cache. When the steps are too small to share between threads, a second thread
+// computes a chunk's gradients while the first runs the next chunk's recursion (two dA
+// buffers). Either way each gradient sums the chunks in the same order: the results do not
+// depend on the thread count.
 // grads (out): dx, dW_ih, dW_hh, db_ih, db_hh (undefined when not wanted).
 template <typename T>
 void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tensor& x,
@@ -683,12 +746,23 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
   const int64_t sa = dA_blocks(L) * H;
   const T* whh = ptr_or_null<T>(w_hh);
   const bool before = L.cell == kGruResetBefore || L.cell == kMgu;
-  const auto chunks = make_chunks(S, rows_for<T>(sa, int64_t(1) << 20));
+  const bool serial = steps_are_serial(L, N);
+  // chunks of at most ~1 MB of dA; when the recursion is serial, at least 4 chunks (if the
+  // sequence has the steps), so the gradient work can overlap it
+  int64_t chunk_rows = rows_for<T>(sa, int64_t(1) << 20);
+  if (serial) chunk_rows = std::min(chunk_rows, std::max<int64_t>(N, (S.R + 3) / 4));
+  const auto chunks = make_chunks(S, chunk_rows);
+  const int64_t nchunks = int64_t(chunks.size());
   int64_t max_rows = 0;
   for (const auto& c : chunks) max_rows = std::max(max_rows, c.r1 - c.r0);
-  at::Tensor dA = at::empty({max_rows, sa}, x.options());
+  const auto blocks = row_blocks(L, N);
+#ifdef _OPENMP
+  const bool overlap = serial && blocks.size() == 1 && nchunks >= 2 && at::get_num_threads() >= 2;
+#else
+  const bool overlap = false;
+#endif
+  at::Tensor dA = at::empty({overlap ? 2 : 1, max_rows, sa}, x.options());
   at::Tensor drh = before ? at::empty({N, H}, x.options()) : at::Tensor();
-  T* dhp = dh.data_ptr<T>();
 
   // which dA columns feed which parameter rows
   std::vector<Segment> x_seg, hprev_seg, rh_seg, bhh_seg;
@@ -699,20 +773,25 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
   } else {
     x_seg = {{(L.G + 1 - L.Gx) * H, 0, L.Gx * H}};
     if (L.K1 > 0) hprev_seg = {{0, 0, L.K1 * H}};
-    if (L.cell != kMinGru) rh_seg = {{L.G * H, L.K1 * H, H}};
-    if (L.cell != kMinGru) bhh_seg = {{L.gate_bias ? 0 : L.G * H, 0, (L.gate_bias ? L.G + 1 : 1) * H}};
+    if (L.cell != kMinGru) {
+      rh_seg = {{L.G * H, L.K1 * H, H}};
+      bhh_seg = {{L.gate_bias ? 0 : L.G * H, 0, (L.gate_bias ? L.G + 1 : 1) * H}};
+    }
   }
 
-  const int64_t nchunks = int64_t(chunks.size());
-  for (int64_t ci = 0; ci < nchunks; ++ci) {
-    // the forward order, backwards
-    const Chunk& c = chunks[reverse ? ci : nchunks - 1 - ci];
-    const bool first = ci == 0;
+  // the ci-th chunk to process: the forward order, backwards
+  auto chunk_at = [&](int64_t ci) -> const Chunk& { return chunks[reverse ? ci : nchunks - 1 - ci]; };
+
+  // the recursion over one chunk's steps for batch rows [lo, hi), writing their dA into dAc
+  auto recurse_rows = [&](const Chunk& c, T* dAc, int64_t lo, int64_t hi) {
+    T* dhp = dh.data_ptr<T>() + lo * H;
+    T* drhp = before ? drh.data_ptr<T>() + lo * H : nullptr;
     for (int64_t i = 0; i < c.t1 - c.t0; ++i) {
       const int64_t t = reverse ? c.t0 + i : c.t1 - 1 - i;
-      const int64_t n = S.n[t], off = S.off[t];
+      const int64_t n = std::min(S.n[t], hi) - lo, off = S.off[t] + lo;
+      if (n <= 0) continue;
       const T* w = ws.data_ptr<T>() + off * sw;
-      T* da = dA.data_ptr<T>() + (off - c.r0) * sa;
+      T* da = dAc + (off - c.r0) * sa;
       const T* go = dout.data_ptr<T>() + off * H;
       {
         PhaseTimer timer(kBackElementwise);
@@ -725,22 +804,27 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
         // drh = da_n W_hn, then the reset gate's share, then dh += da_gates W_gates
         {
           PhaseTimer timer(kBackStepGemm);
-          gemm<T>(false, false, n, H, H, da + L.G * H, sa, whh + L.K1 * H * H, H, T(0),
-                  drh.data_ptr<T>(), H);
+          gemm<T>(false, false, n, H, H, da + L.G * H, sa, whh + L.K1 * H * H, H, T(0), drhp,
+                  H);
         }
         {
           PhaseTimer timer(kBackElementwise);
           for_rows(n, H, [&](int64_t r0, int64_t r1) {
-            backward_phase2<T>(L, w, drh.data_ptr<T>(), dhp, da, r0, r1);
+            backward_phase2<T>(L, w, drhp, dhp, da, r0, r1);
           });
         }
         PhaseTimer timer(kBackStepGemm);
         if (L.K1 > 0) gemm<T>(false, false, n, H, L.K1 * H, da, sa, whh, H, T(1), dhp, H);
       }
     }
-    // this chunk's share of the parameter and input gradients
+  };
+  auto recurse = [&](const Chunk& c, T* dAc) {
+    for_row_blocks(blocks, [&](int64_t lo, int64_t hi) { recurse_rows(c, dAc, lo, hi); });
+  };
+
+  // one chunk's share of the parameter and input gradients (the first chunk initialises them)
+  auto chunk_grads = [&](const Chunk& c, const T* dAc, bool first) {
     const int64_t rows = c.r1 - c.r0;
-    const T* dAc = dA.data_ptr<T>();
     const T* xc = x.data_ptr<T>() + c.r0 * I;
     const T* wsc = ws.data_ptr<T>() + c.r0 * sw;
     PhaseTimer timer(kWeightGemm);
@@ -767,7 +851,49 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
     if (db_hh.defined())
       for (const Segment& sg : bhh_seg)
         column_sums<T>(dAc + sg.col, rows, sg.width, sa, db_hh.data_ptr<T>() + sg.row, !first);
+  };
+
+  if (!overlap) {
+    for (int64_t ci = 0; ci < nchunks; ++ci) {
+      recurse(chunk_at(ci), dA.data_ptr<T>());
+      chunk_grads(chunk_at(ci), dA.data_ptr<T>(), ci == 0);
+    }
+    return;
   }
+#ifdef _OPENMP
+  // thread 0: the recursion; thread 1: the gradients of finished chunks. Chunk ci uses dA
+  // buffer ci % 2, which thread 0 may refill only after thread 1 is done with chunk ci - 2.
+  std::atomic<int64_t> recursed{0}, consumed{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  auto wait_until = [&](const std::atomic<int64_t>& counter, int64_t value) {
+    while (counter.load(std::memory_order_acquire) < value && !failed.load()) std::this_thread::yield();
+  };
+#pragma omp parallel num_threads(2)
+  {
+    SingleThreadedBlas blas_guard;
+    const int role = omp_get_thread_num();
+    try {
+      for (int64_t ci = 0; ci < nchunks && !failed.load(); ++ci) {
+        T* buffer = dA.data_ptr<T>() + (ci % 2) * max_rows * sa;
+        if (role == 0) {
+          wait_until(consumed, ci - 1);
+          recurse(chunk_at(ci), buffer);
+          recursed.store(ci + 1, std::memory_order_release);
+        } else {
+          wait_until(recursed, ci + 1);
+          chunk_grads(chunk_at(ci), buffer, ci == 0);
+          consumed.store(ci + 1, std::memory_order_release);
+        }
+      }
+    } catch (...) {
+#pragma omp critical
+      if (!error) error = std::current_exception();
+      failed.store(true);
+    }
+  }
+  if (error) std::rethrow_exception(error);
+#endif
 }
 
 // ------------------------------------------------------------------------------ checks
