@@ -20,7 +20,7 @@ __all__ = ["main"]
 
 def _train_parser(sub: Any) -> None:
     from grukit.configuration import add_dataclass_arguments
-    from grukit.train import TrainConfig
+    from grukit.train import TrainConfig, packaged_configs
 
     p = sub.add_parser(
         "train",
@@ -29,7 +29,11 @@ def _train_parser(sub: Any) -> None:
         "then the flags below.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE", help="TOML file of settings (keys as below, with _)")
+    p.add_argument(
+        "--config", metavar="FILE",
+        help="TOML file of settings (keys as below, with _), or a packaged config: "
+        + ", ".join(packaged_configs()),
+    )  # fmt: skip
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN")
     p.add_argument(
         "--sample-length",
@@ -96,7 +100,9 @@ def _write_sample(
 def _cmd_eval(args: argparse.Namespace) -> int:
     from grukit.train import evaluate, load_run
 
-    config, task, model = load_run(args.run, which=args.checkpoint, data=args.data)
+    config, task, model = load_run(
+        args.run, which=args.checkpoint, data=args.data, device=args.device
+    )
     splits = ["train", "valid", "test"] if args.split == "all" else [args.split]
     result: dict[str, Any] = {
         "run": str(args.run),
@@ -121,7 +127,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from grukit.train import load_run
 
-    _, task, model = load_run(args.run, which=args.checkpoint)
+    _, task, model = load_run(args.run, which=args.checkpoint, device=args.device)
     folder = Path(args.out) if args.out else Path(args.run) / "samples"
     midi, png = _write_sample(
         task, model, folder, args.length, args.temperature, args.seed, args.prime
@@ -136,13 +142,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from grukit.train import TrainConfig, config_from_args
 
     overrides = overrides_from_namespace(args, TrainConfig)
-    overrides.setdefault("data", "jsb")
-    base = config_from_args(
-        args.config, overrides, announce=(lambda s: None) if args.json else print
-    )
+    quiet = (lambda s: None) if args.json else print
+    base = config_from_args(args.config or "chung2014", overrides, announce=quiet)
     variants = [v.strip() for v in (args.variants or "").split(",") if v.strip()]
+    try:
+        lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
+    except ValueError:
+        raise GrukitError(f"--lrs takes comma-separated numbers, got {args.lrs!r}") from None
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-    report = compare(base, variants=variants, out=args.out, log=log)
+    report = compare(base, variants=variants, lrs=lrs, out=args.out, log=log)
     if args.json:
         print(json.dumps(report))
     else:
@@ -161,8 +169,16 @@ def _compare_parser(sub: Any) -> None:
         "the GRU's parameter count) with one set of settings; print their NLL beside the paper's.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE", help="TOML file of shared training settings")
+    p.add_argument(
+        "--config", metavar="FILE", default=None,
+        help="TOML file (or packaged config name) of shared training settings "
+        "(default: chung2014, Chung et al.'s protocol)",
+    )  # fmt: skip
     p.add_argument("--variants", default="", help="comma-separated grukit variants to add")
+    p.add_argument(
+        "--lrs", default="0.0005,0.001,0.002",
+        help="learning rates to try per model; the best on validation is kept ('' = --lr)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object (logs go to stderr)")
     p.add_argument("--out", default="runs/compare", help="folder for the runs")
     add_dataclass_arguments(p, TrainConfig, exclude=("variant", "hidden_size", "num_layers", "out"))
@@ -181,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--data", default=None, help="evaluate on this data set instead of the run's")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the run's)")
 
     p = sub.add_parser(
         "sample", help="generate a piano roll from a trained music model (MIDI + PNG)"
@@ -194,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--out", default=None, help="folder for the files (default RUN/samples)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the run's)")
 
     _compare_parser(sub)
 

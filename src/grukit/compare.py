@@ -70,19 +70,24 @@ def compare(
     base: TrainConfig,
     *,
     variants: Sequence[str] = (),
+    lrs: Sequence[float] = (),
     out: str | os.PathLike[str] = "runs/compare",
     log: Callable[[str], object] = print,
 ) -> dict[str, Any]:
     """Train Chung et al.'s three models plus ``variants`` with ``base``'s settings.
 
+    Each model is trained once per learning rate in ``lrs`` (``base.lr`` if empty) and the run
+    with the best validation NLL is kept, as Chung et al. chose each model's learning rate.
     Returns ``{"data": ..., "paper": name or None, "models": [row, ...]}``; each row has
-    ``model``, ``variant``, ``hidden_size``, ``parameters``, ``train_nll``, ``valid_nll``,
-    ``test_nll``, ``seconds_per_epoch``, ``best_epoch`` and the paper's ``paper_train_nll`` /
-    ``paper_test_nll`` where Table 2 has them.
+    ``model``, ``variant``, ``hidden_size``, ``parameters``, ``lr``, ``train_nll``,
+    ``valid_nll``, ``test_nll``, ``seconds_per_epoch``, ``best_epoch`` and the paper's
+    ``paper_train_nll`` / ``paper_test_nll`` where Table 2 has them.
     """
     bad = [v for v in variants if v not in ALL_VARIANTS]
     if bad:
         raise ConfigError(f"unknown variant(s) {bad}; valid: {', '.join(ALL_VARIANTS)}")
+    if any(not lr > 0 for lr in lrs):
+        raise ConfigError(f"learning rates must be positive, got {list(lrs)}")
     task = load_task(base.task, base.data, progress=base.progress)
     paper_name = identify_dataset(base.data)
     paper = PAPER_TABLE2.get(paper_name or "", {})
@@ -93,17 +98,21 @@ def compare(
             models.append((v, matched_hidden_size(v, gru_params)))
     rows = []
     for variant, hidden in models:
-        cfg = dataclasses.replace(
-            base, variant=variant, hidden_size=hidden, num_layers=1,
-            out=str(Path(out) / f"{variant}-{hidden}"),
-        )  # fmt: skip
-        log(f"== {variant} with {hidden} units ==")
-        result = Trainer(cfg, task=task, log=log).fit()
+        tried = []
+        for lr in lrs or (base.lr,):
+            cfg = dataclasses.replace(
+                base, variant=variant, hidden_size=hidden, num_layers=1, lr=lr,
+                out=str(Path(out) / f"{variant}-{hidden}-lr{lr:g}"),
+            )  # fmt: skip
+            log(f"== {variant} with {hidden} units, learning rate {lr:g} ==")
+            tried.append((Trainer(cfg, task=task, log=log).fit(), lr))
+        result, lr = min(tried, key=lambda rl: rl[0]["valid"]["nll"])
         row = {
             "model": f"{variant}-{hidden}",
             "variant": variant,
             "hidden_size": hidden,
             "parameters": result["parameters"],
+            "lr": lr,
             "train_nll": result["train"]["nll"],
             "valid_nll": result["valid"]["nll"],
             "test_nll": result["test"]["nll"],
@@ -121,8 +130,8 @@ def compare(
 def format_table(report: dict[str, Any]) -> str:
     """A Markdown table of ``compare``'s result, with Chung et al.'s Table 2 beside ours."""
     paper = report.get("paper")
-    head = "| model | parameters | train NLL | valid NLL | test NLL | s/epoch | best epoch |"
-    rule = "|---|---:|---:|---:|---:|---:|---:|"
+    head = "| model | parameters | lr | train NLL | valid NLL | test NLL | s/epoch | best epoch |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
     if paper:
         head += " paper train | paper test |"
         rule += "---:|---:|"
@@ -134,7 +143,8 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     for r in report["models"]:
         line = (
-            f"| {r['model']} | {r['parameters']} | {r['train_nll']:.2f} | {r['valid_nll']:.2f} | "
+            f"| {r['model']} | {r['parameters']} | {r['lr']:g} | {r['train_nll']:.2f} | "
+            f"{r['valid_nll']:.2f} | "
             f"{r['test_nll']:.2f} | {r['seconds_per_epoch']:.2f} | {r['best_epoch']} |"
         )
         if paper:

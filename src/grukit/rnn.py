@@ -80,7 +80,7 @@ def _check_tensor(owner: str, name: str, t: object, ref: Tensor) -> Tensor:
     return t
 
 
-def _check_features(owner: str, x: Tensor, input_size: int, *, batch_first: bool) -> None:
+def _check_features(owner: str, x: Tensor, input_size: int) -> None:
     if x.shape[-1] == input_size:
         return
     hint = ""
@@ -292,7 +292,7 @@ class GRU(nn.Module):
                     f"{owner}: a PackedSequence's data must be 2-D (rows, features), "
                     f"got {data.dim()}-D"
                 )
-            _check_features(owner, data, self.input_size, batch_first=self.batch_first)
+            _check_features(owner, data, self.input_size)
             batch_sizes = [int(b) for b in batch_sizes_t.tolist()]
             if (
                 not batch_sizes
@@ -313,7 +313,7 @@ class GRU(nn.Module):
                 raise ValueError(
                     f"{owner}: Expected input to be 2D or 3D, got {input.dim()}D instead"
                 )
-            _check_features(owner, input, self.input_size, batch_first=self.batch_first)
+            _check_features(owner, input, self.input_size)
             batched = input.dim() == 3
             x = input if batched else input.unsqueeze(0 if self.batch_first else 1)
             if self.batch_first:
@@ -327,7 +327,7 @@ class GRU(nn.Module):
                 )
             sorted_indices = unsorted_indices = None
         if self.variant in BASELINES:
-            return self._forward_torch(input, hx, batched, N)
+            return self._forward_torch(input, hx)
 
         expected = (D * self.num_layers, N, self.hidden_size)
         if hx is None:
@@ -396,7 +396,7 @@ class GRU(nn.Module):
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
         return layer_input, torch.stack(finals, 0)
 
-    def _forward_torch(self, input: Any, hx: Any, batched: bool, N: int) -> tuple[Any, Any]:
+    def _forward_torch(self, input: Any, hx: Any) -> tuple[Any, Any]:
         """Baselines: torch's own LSTM/RNN on this module's parameters."""
         template = self._torch_template
         assert template is not None
@@ -497,7 +497,7 @@ class GRUCell(nn.Module):
         _check_tensor(owner, "input", input, ref)
         if input.dim() not in (1, 2):
             raise ValueError(f"{owner}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        _check_features(owner, input, self.input_size, batch_first=False)
+        _check_features(owner, input, self.input_size)
         if input.dim() == 2 and input.shape[0] == 0:
             raise ValueError(f"{owner}: got an empty batch (batch size 0)")
         if self._torch_template is not None:

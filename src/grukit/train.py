@@ -38,7 +38,14 @@ from grukit.errors import CheckpointError, ConfigError, TrainingError
 from grukit.tasks import TASKS, load_task
 from grukit.variants import ALL_VARIANTS
 
-__all__ = ["TrainConfig", "Trainer", "evaluate", "load_run", "RESUMABLE_KEYS"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "evaluate",
+    "load_run",
+    "packaged_configs",
+    "RESUMABLE_KEYS",
+]
 
 
 def _f(default: Any, help: str) -> Any:
@@ -55,14 +62,14 @@ class TrainConfig:
         "bach", "data set: bach (embedded), jsb, nottingham, musedata, piano-midi, or a path"
     )
     variant: str = _f("gru", "recurrent cell, one of grukit.ALL_VARIANTS")
-    hidden_size: int = _f(96, "units per recurrent layer")
+    hidden_size: int = _f(256, "units per recurrent layer")
     num_layers: int = _f(1, "stacked recurrent layers")
     dropout: float = _f(0.0, "dropout between recurrent layers")
     input_dropout: float = _f(0.0, "dropout on the input frames")
-    output_dropout: float = _f(0.3, "dropout before the linear read-out")
+    output_dropout: float = _f(0.0, "dropout before the linear read-out")
     backend: str = _f("auto", "auto, fused, reference or scan (grukit.backends)")
     optimizer: str = _f("adam", "adam or rmsprop")
-    lr: float = _f(3e-3, "learning rate")
+    lr: float = _f(1e-3, "learning rate")
     weight_decay: float = _f(0.0, "L2 penalty (decoupled for adam: AdamW)")
     schedule: str = _f(
         "plateau", "learning-rate schedule: plateau (halve when valid stalls), cosine, none"
@@ -70,17 +77,27 @@ class TrainConfig:
     plateau_patience: int = _f(
         4, "epochs without validation progress before the plateau schedule lowers the rate"
     )
-    clip_grad_norm: float = _f(1.0, "clip the gradient's global norm to this (0 = off)")
+    clip_grad_norm: float = _f(5.0, "clip the gradient's global norm to this (0 = off)")
+    weight_noise: float = _f(
+        0.05,
+        "std of Gaussian noise added to every weight for each mini-batch's forward and "
+        "backward pass (Graves 2011; Chung et al. 2014 used 0.075); 0 = off",
+    )
     ema: float = _f(
-        0.0,
+        0.99,
         "decay of an exponential moving average of the weights, which is what is evaluated "
         "and kept as the best checkpoint (0 = off; e.g. 0.99)",
     )
     batch_size: int = _f(8, "sequences per mini-batch")
-    epochs: int = _f(60, "maximum number of epochs")
-    patience: int = _f(12, "early stopping: epochs without validation progress (0 = off)")
+    epochs: int = _f(120, "maximum number of epochs")
+    patience: int = _f(20, "early stopping: epochs without validation progress (0 = off)")
     seed: int = _f(0, "seed of the weights, the data order and dropout")
     threads: int = _f(0, "torch threads (0 = torch's default)")
+    device: str = _f(
+        "cpu",
+        "cpu, cuda, cuda:N, or auto (cuda when available). The fused kernels run on the CPU; "
+        "on a GPU the reference path runs (minGRU: the parallel scan)",
+    )
     out: str = _f("", "run folder (default runs/<task>-<data>-<variant>-<time>)")
     progress: bool = _f(True, "show a progress bar per epoch")
 
@@ -115,6 +132,7 @@ class TrainConfig:
             ),
             (self.clip_grad_norm >= 0, f"clip_grad_norm must be >= 0, got {self.clip_grad_norm}"),
             (0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}"),
+            (self.weight_noise >= 0, f"weight_noise must be >= 0, got {self.weight_noise}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
         ]
@@ -124,10 +142,28 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        resolve_device(self.device)
 
 
 #: Keys a resumed run may change; every other key must match the run's saved config.
-RESUMABLE_KEYS = frozenset({"epochs", "patience", "threads", "progress", "out"})
+RESUMABLE_KEYS = frozenset({"epochs", "patience", "threads", "progress", "out", "device"})
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``, checked against what this machine has."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(
+            f"device must be cpu, cuda, cuda:N or auto, got {name!r} ({exc})"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for, but this torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu, cuda, cuda:N or auto, got {name!r}")
+    return device
 
 
 def _default_out(cfg: TrainConfig) -> str:
@@ -193,11 +229,12 @@ class Trainer:
             if task is not None
             else load_task(config.task, config.data, progress=config.progress)
         )
+        self.device = resolve_device(config.device)
         self.model = self.task.build_model(
             config.hidden_size, config.num_layers, config.variant, dropout=config.dropout,
             input_dropout=config.input_dropout, output_dropout=config.output_dropout,
             backend=config.backend,
-        )  # fmt: skip
+        ).to(self.device)  # fmt: skip
         # the weights that are evaluated: an exponential moving average of the trained ones
         self.averaged = copy.deepcopy(self.model) if config.ema > 0 else self.model
         for p in self.averaged.parameters() if config.ema > 0 else ():
@@ -310,6 +347,7 @@ class Trainer:
                 "train", c.batch_size, shuffle=True, generator=self._epoch_generator(epoch)
             )
             for step, batch in enumerate(batches, 1):
+                clean = self._add_weight_noise()
                 loss_sum, n = self.task.loss(self.model, batch)
                 loss = loss_sum / n
                 if not torch.isfinite(loss):
@@ -319,6 +357,9 @@ class Trainer:
                     )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if clean is not None:  # the gradient at the noisy weights moves the clean ones
+                    with torch.no_grad():
+                        torch._foreach_copy_(list(self.model.parameters()), clean)
                 if c.clip_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_grad_norm)
                 self.optimizer.step()
@@ -344,6 +385,18 @@ class Trainer:
             "seconds": seconds,
             "sequences_per_s": sequences / seconds,
         }
+
+    def _add_weight_noise(self) -> list[torch.Tensor] | None:
+        """Perturb the weights for one mini-batch; return the clean weights to restore."""
+        std = self.config.weight_noise
+        if std <= 0:
+            return None
+        params = list(self.model.parameters())
+        with torch.no_grad():
+            clean = [p.detach().clone() for p in params]
+            for p in params:
+                p.add_(torch.randn_like(p), alpha=std)
+        return clean
 
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` or early stopping; return the best checkpoint's metrics."""
@@ -492,26 +545,56 @@ def _load_run_config(run: Path) -> TrainConfig:
 
 
 def load_run(
-    run_dir: str | os.PathLike[str], *, which: str = "best", data: str | None = None
+    run_dir: str | os.PathLike[str],
+    *,
+    which: str = "best",
+    data: str | None = None,
+    device: str | None = None,
 ) -> tuple[TrainConfig, Any, nn.Module]:
     """``(config, task, model)`` of a finished or running run, weights from ``which``."""
     run = Path(run_dir)
     config = _load_run_config(run)
     if data is not None:
         config.data = data
+    if device is not None:
+        config.device = device
     task = load_task(config.task, config.data, progress=False)
     model = task.build_model(
         config.hidden_size, config.num_layers, config.variant, dropout=config.dropout,
         input_dropout=config.input_dropout, output_dropout=config.output_dropout,
         backend=config.backend,
     )  # fmt: skip
+    model.to(resolve_device(config.device))
     load_checkpoint(run / "checkpoints" / which, model=model)
     model.eval()
     return config, task, model
 
 
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs that ship with grukit (``--config NAME``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def resolve_config_path(name: str) -> Path:
+    """A TOML file: ``name`` itself, or the packaged config called ``name``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    packaged = CONFIG_DIR / f"{path.stem}.toml"
+    if path.parent == Path(".") and packaged.is_file():
+        return packaged
+    raise ConfigError(
+        f"no config file {name!r}; give a TOML file or one of the packaged configs: "
+        f"{', '.join(packaged_configs())}"
+    )
+
+
 def config_from_args(
     toml_path: str | None, overrides: dict[str, Any], announce: Callable = print
 ) -> TrainConfig:
-    """The config of a new run: defaults, then a TOML file, then command-line flags."""
-    return build_config(TrainConfig, toml_path=toml_path, overrides=overrides, announce=announce)
+    """The config of a new run: defaults, then a TOML file (or packaged config), then flags."""
+    path = resolve_config_path(toml_path) if toml_path else None
+    return build_config(TrainConfig, toml_path=path, overrides=overrides, announce=announce)

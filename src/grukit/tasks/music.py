@@ -120,8 +120,11 @@ class MusicTask:
 
     def loss(self, model: nn.Module, batch: MusicBatch) -> tuple[Tensor, int]:
         """Summed NLL (nats) over the batch's predicted frames, and their number."""
-        logits, _ = model(batch.inputs)
-        nll = F.binary_cross_entropy_with_logits(logits.data, batch.targets.data, reduction="sum")
+        device = next(model.parameters()).device
+        logits, _ = model(batch.inputs.to(device))
+        nll = F.binary_cross_entropy_with_logits(
+            logits.data, batch.targets.data.to(device), reduction="sum"
+        )
         return nll, batch.frames
 
     @torch.no_grad()
@@ -140,20 +143,20 @@ class MusicTask:
         Bernoulli probability ``sigmoid(logit / temperature)`` given the frames so far.
         """
         model.eval()
+        device = next(model.parameters()).device
         state = None
-        frames: list[Tensor] = []
-        x = torch.zeros(1, self.input_size)
+        frames: list[Tensor] = []  # on the CPU, where the generator draws
         if prime is not None and prime.shape[0] > 0:
             for frame in prime:
-                frames.append(frame.float())
-                logits, state = model.step(frame.float().unsqueeze(0), state)
+                frames.append(frame.float().cpu())
+                logits, state = model.step(frames[-1].unsqueeze(0).to(device), state)
         else:  # no context: start from the data's mean first frame
             first = torch.stack([s[0] for s in self._tensors["train"]]).mean(0, keepdim=True)
             frames.append(torch.bernoulli(first, generator=generator)[0])
-            logits, state = model.step(frames[-1].unsqueeze(0), state)
+            logits, state = model.step(frames[-1].unsqueeze(0).to(device), state)
         while len(frames) < length:
-            p = torch.sigmoid(logits / temperature)
+            p = torch.sigmoid(logits.float().cpu() / temperature)
             x = torch.bernoulli(p, generator=generator)
             frames.append(x[0])
-            logits, state = model.step(x, state)
+            logits, state = model.step(x.to(device), state)
         return torch.stack(frames[:length])
