@@ -183,12 +183,12 @@ def test_resume_with_more_epochs(trained, tmp_path: Path, capsys) -> None:
     _, _, _, original = trained
     run = tmp_path / "run"
     shutil.copytree(original, run)
-    status, out, err = call(
-        capsys, "train", "--resume", run, "--epochs", 3, "--sample-length", 0
-    )
+    status, out, err = call(capsys, "train", "--resume", run, "--epochs", 3, "--sample-length", 0)
     assert status == 0, err
     assert "resuming" in out and "after epoch 2" in out, out
-    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
     assert epochs == [1, 2, 3]
     assert final(run)["epochs"] == 3
 
@@ -214,6 +214,44 @@ def test_the_sample_after_training_uses_the_evaluated_weights(
         "the best checkpoint that `grukit sample` (and eval) use: cli.py passes trainer.model, "
         "the raw last weights, instead of trainer.averaged"
     )
+
+
+@pytest.mark.parametrize("ema", ["0", "0.9"])
+def test_eval_and_sample_of_the_last_checkpoint(
+    tiny_pickle: Path, tmp_path: Path, capsys, ema: str
+) -> None:
+    """``--checkpoint last`` (e.g. to look at a run still training) must work with --ema too,
+    which is on by default."""
+    run = tmp_path / "run"
+    status, _, err = call(
+        capsys, *train_args(tiny_pickle, run, "--epochs", 1, "--ema", ema, "--sample-length", 0)
+    )
+    assert status == 0, err
+    status, out, err = call(capsys, "eval", run, "--checkpoint", "last", "--json")
+    assert status == 0, (
+        f"`grukit eval RUN --checkpoint last` fails for a run with --ema {ema}: {err.strip()}"
+    )
+    assert json.loads(out)["nll"] > 0
+    status, _, err = call(capsys, "sample", run, "--checkpoint", "last", "--length", 4)
+    assert status == 0, (
+        f"`grukit sample RUN --checkpoint last` fails for a run with --ema {ema}: {err.strip()}"
+    )
+
+
+def test_a_packaged_config_by_name(tiny_pickle: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    status, _, err = call(
+        capsys, *train_args(tiny_pickle, run, "--config", "chung2014", "--epochs", 1,
+                            "--sample-length", 0),
+    )  # fmt: skip
+    assert status == 0, err
+    saved = config_from_toml(TrainConfig, run / "config.toml")
+    assert saved["optimizer"] == "rmsprop" and saved["weight_noise"] == 0.075
+    assert saved["hidden_size"] == 8 and saved["epochs"] == 1  # the flags win
+
+    status, _, err = call(capsys, *train_args(tiny_pickle, tmp_path / "r2", "--config", "nope"))
+    assert status == 2
+    assert_one_line_error(err, "train", "nope", "chung2014")
 
 
 # ---------------------------------------------------------------------------- eval, sample
@@ -270,9 +308,10 @@ def test_sample_of_a_missing_run_is_one_line(tmp_path: Path, capsys) -> None:
 
 
 def test_compare_json_with_an_extra_variant(tiny_pickle: Path, tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
     status, out, err = call(
         capsys, "compare", "--data", tiny_pickle, "--epochs", 1, "--json", "--no-progress",
-        "--out", tmp_path / "runs", "--variants", "mgu",
+        "--out", runs, "--variants", "mgu", "--lrs", "0.001,0.01",
     )  # fmt: skip
     assert status == 0, err
     report = json.loads(out)  # stdout holds the JSON only: the logs went to stderr
@@ -283,6 +322,11 @@ def test_compare_json_with_an_extra_variant(tiny_pickle: Path, tmp_path: Path, c
         for key in ("model", "parameters", "train_nll", "valid_nll", "test_nll"):
             assert key in m, f"{m.get('model')} lacks {key}"
         assert 0 < m["test_nll"] < 100 and 0 < m["train_nll"] < 100
+        # each model keeps the learning rate whose run has the best validation NLL
+        tried = {lr: final(runs / f"{m['model']}-lr{lr:g}") for lr in (0.001, 0.01)}
+        best = min(tried, key=lambda lr: tried[lr]["valid"]["nll"])
+        assert m["lr"] == best and m["valid_nll"] == tried[best]["valid"]["nll"], m
+        assert m["test_nll"] == tried[best]["test"]["nll"]
     # Chung et al.'s GRU-46 on 88 keys: 3 * (88*46 + 46*46 + 2*46) + (46*88 + 88)
     assert models["gru"]["parameters"] == 22904
     ratio = models["mgu"]["parameters"] / models["gru"]["parameters"]
@@ -290,13 +334,20 @@ def test_compare_json_with_an_extra_variant(tiny_pickle: Path, tmp_path: Path, c
     assert report["paper"] is None, "a synthetic file was matched to a benchmark"
 
 
-def test_compare_refuses_an_unknown_variant(tiny_pickle: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [(["--variants", "gru9"], ["gru9"]), (["--lrs", "fast"], ["--lrs", "fast"])],
+    ids=["variant", "lrs"],
+)
+def test_compare_refuses_bad_arguments(
+    tiny_pickle: Path, tmp_path: Path, capsys, flags: list[str], words: list[str]
+) -> None:
     status, out, err = call(
         capsys, "compare", "--data", tiny_pickle, "--epochs", 1, "--no-progress",
-        "--out", tmp_path / "runs", "--variants", "gru9",
+        "--out", tmp_path / "runs", *flags,
     )  # fmt: skip
     assert status == 2
-    assert_one_line_error(err, "compare", "gru9")
+    assert_one_line_error(err, "compare", *words)
     assert not (tmp_path / "runs").exists()
 
 
@@ -308,6 +359,19 @@ def test_help_exits_zero(capsys, command: list[str]) -> None:
     status, out, err = call(capsys, *command, "--help")
     assert status == 0, err
     assert out.startswith("usage: grukit"), out[:200]
+
+
+def test_the_console_script(tmp_path: Path) -> None:
+    exe = shutil.which("grukit", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("the grukit console script is not installed beside this python")
+    proc = subprocess.run([exe, "eval", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: grukit eval"), proc.stderr
+    proc = subprocess.run(
+        [exe, "eval", tmp_path / "nothing"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "eval", "not a grukit run folder")
 
 
 def test_no_command_is_a_usage_error(capsys) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import safetensors.torch
 import torch
 
 from grukit.checkpoint import read_meta
@@ -30,12 +31,26 @@ def quiet(_: str) -> None:
 
 
 def make_config(data: Path, out: Path, **overrides: Any) -> TrainConfig:
+    """A tiny run; every setting a test relies on is explicit (the defaults are the main job's
+    and may change)."""
     values: dict[str, Any] = dict(
         data=str(data),
         hidden_size=8,
+        num_layers=1,
+        variant="gru",
         epochs=3,
+        optimizer="adam",
         lr=0.03,
         batch_size=4,
+        schedule="plateau",
+        plateau_patience=4,
+        patience=20,
+        clip_grad_norm=1.0,
+        dropout=0.0,
+        input_dropout=0.0,
+        output_dropout=0.0,
+        weight_noise=0.0,
+        ema=0.0,
         seed=1,
         out=str(out),
         progress=False,
@@ -127,7 +142,7 @@ def test_fit_writes_the_run_folder(finished) -> None:
 
 
 def test_the_loss_goes_down_on_structured_data(tiny_pickle: Path, tmp_path: Path) -> None:
-    _, result = fit(tiny_pickle, tmp_path / "run", hidden_size=12, epochs=6, output_dropout=0.0)
+    _, result = fit(tiny_pickle, tmp_path / "run", hidden_size=12, epochs=6)
     rows = read_metrics(tmp_path / "run")
     train = [r["train_loss"] for r in rows]
     valid = [r["valid_nll"] for r in rows]
@@ -274,7 +289,7 @@ def test_a_new_run_refuses_a_folder_that_holds_one(finished) -> None:
 @pytest.mark.parametrize(
     "extra",
     [
-        pytest.param({}, id="plain"),
+        pytest.param({"output_dropout": 0.3}, id="dropout"),
         pytest.param(
             {"ema": 0.9, "weight_noise": 0.05, "input_dropout": 0.1, "output_dropout": 0.3},
             id="ema-noise-dropout",
@@ -306,6 +321,40 @@ def test_resume_with_more_epochs_continues_exactly(
     assert config_from_toml(TrainConfig, run / "config.toml")["epochs"] == 4
 
 
+def test_resume_with_an_unknown_override_key_is_a_grukit_error(finished) -> None:
+    _, _, run = finished
+    try:
+        Trainer.resume(run, overrides={"epoch": 9}, log=quiet)  # a typo of "epochs"
+    except (ConfigError, CheckpointError) as exc:
+        assert "epoch" in str(exc)
+    except Exception as exc:  # the point is which type escapes
+        pytest.fail(
+            f"Trainer.resume(overrides={{'epoch': 9}}) raised {type(exc).__name__}: {exc}; "
+            "expected a ConfigError/CheckpointError naming the unknown key"
+        )
+    else:
+        pytest.fail("an unknown override key was accepted")
+
+
+def test_resume_with_more_epochs_under_a_cosine_schedule(tiny_pickle: Path, tmp_path: Path) -> None:
+    """``epochs`` may change on resume; under ``schedule = "cosine"`` (whose period is the
+    run's epochs) the resumed run must either be refused or keep a sensible schedule, not
+    anneal to 0 at the old end and then climb back up."""
+    run = tmp_path / "run"
+    fit(tiny_pickle, run, epochs=2, schedule="cosine")
+    try:
+        trainer = Trainer.resume(run, overrides={"epochs": 5}, log=quiet)
+    except CheckpointError:
+        return  # refusing is fine
+    trainer.fit()
+    lrs = [r["lr"] for r in read_metrics(run)]
+    assert len(lrs) == 5
+    assert all(lr > 0 for lr in lrs[:-1]), f"an epoch before the last trained at lr 0: {lrs}"
+    assert all(b <= a for a, b in zip(lrs, lrs[1:], strict=False)), (
+        f"the cosine rate went back up after resuming with more epochs: {lrs}"
+    )
+
+
 # ---------------------------------------------------------------------------- load_run
 
 
@@ -320,6 +369,21 @@ def test_load_run_and_evaluate_reproduce_final_json(finished) -> None:
         assert got["frames"] == final[split]["frames"]
     _, _, last = load_run(run, which="last")
     assert evaluate(task, last, "test")["nll"] == pytest.approx(final["test"]["nll"], rel=1e-9)
+
+
+def test_load_run_of_the_last_checkpoint_with_ema(tiny_pickle: Path, tmp_path: Path) -> None:
+    """``load_run(which="last")`` serves a run that is still training; with EMA (on by
+    default) the evaluated weights are the average, which ``last`` holds beside the raw ones."""
+    run = tmp_path / "run"
+    fit(tiny_pickle, run, epochs=2, ema=0.9)
+    saved = safetensors.torch.load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
+    try:
+        _, task, model = load_run(run, which="last")
+    except CheckpointError as exc:
+        pytest.fail(f"load_run(which='last') cannot read a run trained with ema=0.9: {exc}")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[f"averaged.{name}"]), f"{name} is not the EMA weight"
+    assert math.isfinite(evaluate(task, model, "test")["nll"])
 
 
 # ---------------------------------------------------------------------------- validation
@@ -359,7 +423,7 @@ def test_weight_noise_perturbs_the_pass_but_restores_the_weights(
     losses = {}
     for noise in (0.0, 0.5):
         trainer = Trainer(
-            make_config(tiny_pickle, tmp_path / f"run{noise}", weight_noise=noise, output_dropout=0),
+            make_config(tiny_pickle, tmp_path / f"run{noise}", weight_noise=noise),
             log=quiet,
         )
         trainer.optimizer.step = lambda *a, **k: None
@@ -374,7 +438,7 @@ def test_weight_noise_perturbs_the_pass_but_restores_the_weights(
 
 def test_ema_is_the_average_of_the_trained_weights(tiny_pickle: Path, tmp_path: Path) -> None:
     # one batch per epoch: one optimizer step, so the average is exactly checkable
-    config = make_config(tiny_pickle, tmp_path / "run", ema=0.9, batch_size=64, output_dropout=0)
+    config = make_config(tiny_pickle, tmp_path / "run", ema=0.9, batch_size=64)
     trainer = Trainer(config, log=quiet)
     start = parameters(trainer.model)
     assert same_tensors(parameters(trainer.averaged), start)

@@ -68,7 +68,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.sample_length > 0 and hasattr(trainer.task, "sample"):
         midi, png = _write_sample(
             trainer.task,
-            trainer.model,
+            trainer.averaged,
             run / "samples",
             args.sample_length,
             1.0,

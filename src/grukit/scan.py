@@ -96,17 +96,29 @@ def mingru_scan_layer(
     compute_dtype = torch.float64
     H = h0.shape[-1]
     gx = F.linear(data, w.weight_ih, w.bias_ih).to(compute_dtype)
-    row, valid = packed_time_index(batch_sizes, reverse)
-    row, valid = row.to(data.device), valid.to(data.device).unsqueeze(-1)
-    k = gx[row]  # (T, N, 2H)
+    T, N = len(batch_sizes), int(batch_sizes[0])
+    uniform = all(int(n) == N for n in batch_sizes)
+    if uniform:  # the packed rows already form the (T, N) grid
+        k = gx.view(T, N, 2 * H)
+        k = k.flip(0) if reverse else k
+    else:
+        row, valid = packed_time_index(batch_sizes, reverse)
+        row, valid = row.to(data.device), valid.to(data.device).unsqueeze(-1)
+        k = gx[row]  # (T, N, 2H)
     kz, kn = k[..., :H], k[..., H:]
-    log_a = torch.where(valid, -F.softplus(kz), 0.0)  # log(1 - z)
+    log_a = -F.softplus(kz)  # log(1 - z)
     log_n = torch.where(kn >= 0, torch.log(F.relu(kn) + 0.5), -F.softplus(-kn))  # log g(kn)
-    log_b = torch.where(valid, -F.softplus(-kz) + log_n, _LOG_ZERO)  # log(z * g(kn))
+    log_b = -F.softplus(-kz) + log_n  # log(z * g(kn))
+    if not uniform:  # past a sequence's end: a = 1, b = 0 keep its state
+        log_a = torch.where(valid, log_a, 0.0)
+        log_b = torch.where(valid, log_b, _LOG_ZERO)
     h = linear_scan_log(log_a, log_b, h0.to(compute_dtype), chunk)  # (T, N, H)
-    flat_valid = valid.squeeze(-1)
-    rows = row[flat_valid]  # a permutation of the packed rows
-    inverse = torch.empty_like(rows)
-    inverse[rows] = torch.arange(rows.numel(), device=rows.device)
-    out = h[flat_valid][inverse]
+    if uniform:
+        out = (h.flip(0) if reverse else h).reshape(T * N, H)
+    else:
+        flat_valid = valid.squeeze(-1)
+        rows = row[flat_valid]  # a permutation of the packed rows
+        inverse = torch.empty_like(rows)
+        inverse[rows] = torch.arange(rows.numel(), device=rows.device)
+        out = h[flat_valid][inverse]
     return out.to(data.dtype), h[-1].to(data.dtype)

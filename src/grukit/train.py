@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -283,9 +283,20 @@ class Trainer:
         """
         run = Path(run_dir)
         config = _load_run_config(run)
+        unknown = sorted(set(overrides or {}) - {f.name for f in fields(TrainConfig)})
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s) {', '.join(unknown)}; valid keys are: "
+                + ", ".join(f.name for f in fields(TrainConfig))
+            )
         changed = {
             k: v for k, v in (overrides or {}).items() if k != "out" and getattr(config, k) != v
         }
+        if "epochs" in changed and config.schedule == "cosine":
+            raise CheckpointError(
+                f"cannot resume {run} with epochs={changed['epochs']}: its cosine learning-rate "
+                f"schedule is fixed to the run's {config.epochs} epochs"
+            )
         bad = {k: v for k, v in changed.items() if k not in RESUMABLE_KEYS}
         if bad:
             details = ", ".join(
@@ -352,7 +363,7 @@ class Trainer:
                 loss = loss_sum / n
                 if not torch.isfinite(loss):
                     raise TrainingError(
-                        f"the training loss became {float(loss)} at epoch {epoch}, step {step}; "
+                        f"the training loss became {loss.item()} at epoch {epoch}, step {step}; "
                         "try a lower --lr or a --clip-grad-norm"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
@@ -494,10 +505,8 @@ class Trainer:
         )
 
     def _resume_state(self) -> nn.Module:
-        """What ``last`` holds of the weights: the model, and its average when there is one."""
-        if self.averaged is self.model:
-            return self.model
-        return nn.ModuleDict({"model": self.model, "averaged": self.averaged})
+        """What ``last`` holds of the weights (see :func:`_resume_state`)."""
+        return _resume_state(self.model, self.averaged)
 
     def _append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -508,6 +517,14 @@ class Trainer:
     def _rewrite_metrics(self) -> None:
         text = "".join(json.dumps(h) + "\n" for h in self.history)
         atomic_write_text(self.run_dir / "metrics.jsonl", text)
+
+
+def _resume_state(model: nn.Module, averaged: nn.Module) -> nn.Module:
+    """What ``checkpoints/last`` holds of the weights: the trained model and, when the run keeps
+    an average of its weights (``ema``), that average too; ``best`` holds the evaluated weights."""
+    if averaged is model:
+        return model
+    return nn.ModuleDict({"model": model, "averaged": averaged})
 
 
 @torch.no_grad()
@@ -565,7 +582,12 @@ def load_run(
         backend=config.backend,
     )  # fmt: skip
     model.to(resolve_device(config.device))
-    load_checkpoint(run / "checkpoints" / which, model=model)
+    if which == "last" and config.ema > 0:  # last holds the trained and the averaged weights
+        averaged = copy.deepcopy(model)
+        load_checkpoint(run / "checkpoints" / which, model=_resume_state(model, averaged))
+        model = averaged
+    else:
+        load_checkpoint(run / "checkpoints" / which, model=model)
     model.eval()
     return config, task, model
 
