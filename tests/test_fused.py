@@ -531,3 +531,30 @@ def test_available_in_this_process():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         grukit.GRU(3, 4)(torch.randn(2, 1, 3))  # no warning when the kernels load
+
+
+@needs_fused
+def test_pooled_workspaces_are_not_shared_between_live_graphs():
+    """Workspaces above 1 MB come from a pool of reused blocks; a block must go back only when
+    its graph is freed. Two graphs alive at once, backward in the other order, one graph
+    dropped and a third built in its place: every gradient equals the reference's."""
+    N, T, Hin, H = THREADING_SHAPES["split"]  # workspace: 1280 rows x 5 x 130 floats = 3.3 MB
+    fused, ref = pair("gru", Hin, H, 1, False, dtype=torch.float64, seed=8)
+    xs = [torch.randn(T, N, Hin, dtype=torch.float64, generator=torch.Generator().manual_seed(s))
+          for s in range(3)]  # fmt: skip
+
+    def grads(module, x, make_graph_only=False):
+        out, h = module(x)
+        loss = (out * out).sum() + h.sum()
+        return loss if make_graph_only else torch.autograd.grad(loss, list(module.parameters()))
+
+    expected = [grads(ref, x) for x in xs]
+    first, second = grads(fused, xs[0], True), grads(fused, xs[1], True)
+    got1 = torch.autograd.grad(second, list(fused.parameters()))
+    del second  # its workspace returns to the pool ...
+    third = grads(fused, xs[2], True)  # ... and this graph may take it
+    got0 = torch.autograd.grad(first, list(fused.parameters()))
+    got2 = torch.autograd.grad(third, list(fused.parameters()))
+    for got, want, i in ((got0, expected[0], 0), (got1, expected[1], 1), (got2, expected[2], 2)):
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=f"graph {i}")
