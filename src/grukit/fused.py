@@ -1,6 +1,6 @@
 """The fused CPU kernels (``csrc/fused_rnn.cpp``): build on first use, autograd wrapper.
 
-The extension is compiled the first time a fused layer runs (about 20 s, one line is printed)
+The extension is compiled the first time a fused layer runs (about 15 s, one line is printed)
 and cached in ``$GRUKIT_CACHE/kernels`` (default ``~/.cache/grukit/kernels``), keyed by the
 source, the PyTorch version and the CPU's instruction set, so later processes load it in well
 under a second. If it cannot be built (no C++ compiler, say), ``backend="auto"`` warns once and
@@ -40,7 +40,7 @@ _CELL_KIND = {
 }
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"tried": False, "reason": None, "warned": False}
+_state: dict[str, Any] = {"tried": False, "reason": None}
 
 
 def cache_dir() -> Path:
@@ -86,7 +86,7 @@ def _build() -> None:
     if not (build_dir / f"{name}.so").exists():
         print(
             f"grukit: compiling the fused CPU kernels ({isa}) into {build_dir} "
-            "(once; about 20 s)...",
+            "(once; about 15 s)...",
             file=sys.stderr,
             flush=True,
         )
