@@ -166,6 +166,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def build_model(config: TrainConfig, task: Any) -> nn.Module:
+    """The model ``config`` describes, shaped for ``task``."""
+    return task.build_model(
+        config.hidden_size, config.num_layers, config.variant, dropout=config.dropout,
+        input_dropout=config.input_dropout, output_dropout=config.output_dropout,
+        backend=config.backend,
+    )  # fmt: skip
+
+
 def _default_out(cfg: TrainConfig) -> str:
     data = Path(cfg.data).stem if ("/" in cfg.data or os.sep in cfg.data) else cfg.data
     return os.path.join("runs", f"{cfg.task}-{data}-{cfg.variant}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -230,11 +239,7 @@ class Trainer:
             else load_task(config.task, config.data, progress=config.progress)
         )
         self.device = resolve_device(config.device)
-        self.model = self.task.build_model(
-            config.hidden_size, config.num_layers, config.variant, dropout=config.dropout,
-            input_dropout=config.input_dropout, output_dropout=config.output_dropout,
-            backend=config.backend,
-        ).to(self.device)  # fmt: skip
+        self.model = build_model(config, self.task).to(self.device)
         # the weights that are evaluated: an exponential moving average of the trained ones
         self.averaged = copy.deepcopy(self.model) if config.ema > 0 else self.model
         for p in self.averaged.parameters() if config.ema > 0 else ():
@@ -576,11 +581,7 @@ def load_run(
     if device is not None:
         config.device = device
     task = load_task(config.task, config.data, progress=False)
-    model = task.build_model(
-        config.hidden_size, config.num_layers, config.variant, dropout=config.dropout,
-        input_dropout=config.input_dropout, output_dropout=config.output_dropout,
-        backend=config.backend,
-    )  # fmt: skip
+    model = build_model(config, task)
     model.to(resolve_device(config.device))
     if which == "last" and config.ema > 0:  # last holds the trained and the averaged weights
         averaged = copy.deepcopy(model)
