@@ -57,6 +57,13 @@ def count_parameters(
     return total
 
 
+def _reset_uniform(module: nn.Module, hidden_size: int) -> None:
+    """torch's RNN initialisation: every parameter from ``U(-1/sqrt(H), 1/sqrt(H))``, in order."""
+    stdv = 1.0 / math.sqrt(hidden_size)
+    for weight in module.parameters():
+        nn.init.uniform_(weight, -stdv, stdv)
+
+
 def _shape(t: Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
@@ -233,9 +240,7 @@ class GRU(nn.Module):
 
     def reset_parameters(self) -> None:
         """Draw every parameter from ``U(-1/sqrt(H), 1/sqrt(H))``, in torch.nn.GRU's order."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        _reset_uniform(self, self.hidden_size)
 
     def flatten_parameters(self) -> None:
         """No-op, for code written for ``torch.nn.GRU`` (grukit keeps no flat weight buffer)."""
@@ -477,9 +482,8 @@ class GRUCell(nn.Module):
             )
 
     def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        """Draw every parameter from ``U(-1/sqrt(H), 1/sqrt(H))``, as torch.nn.GRUCell does."""
+        _reset_uniform(self, self.hidden_size)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -317,7 +317,7 @@ class Trainer:
         trainer = cls(config, log=log, _resuming=True)
         meta = load_checkpoint(
             run / "checkpoints" / "last",
-            model=trainer._resume_state(),
+            model=_resume_state(trainer.model, trainer.averaged),
             optimizer=trainer.optimizer,
             scheduler=trainer.scheduler,
             restore_rng=True,
@@ -502,16 +502,12 @@ class Trainer:
         }
         save_checkpoint(
             self.run_dir / "checkpoints" / which,
-            model=self._resume_state() if which == "last" else self.averaged,
+            model=_resume_state(self.model, self.averaged) if which == "last" else self.averaged,
             optimizer=self.optimizer if which == "last" else None,
             scheduler=self.scheduler if which == "last" else None,
             meta=meta,
             rng=which == "last",
         )
-
-    def _resume_state(self) -> nn.Module:
-        """What ``last`` holds of the weights (see :func:`_resume_state`)."""
-        return _resume_state(self.model, self.averaged)
 
     def _append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
