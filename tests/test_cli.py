@@ -25,7 +25,7 @@ import pytest
 from grukit.checkpoint import read_meta
 from grukit.cli import main
 from grukit.configuration import config_from_toml, config_to_dict
-from grukit.music_io import read_midi_roll
+from grukit.tasks.music.midi import read_midi_roll
 from grukit.train import TrainConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grukit.data import bach
-from grukit.data.polyphonic import NUM_KEYS, SPLITS, load_polyphonic
 from grukit.errors import DataError
+from grukit.tasks.music import NUM_KEYS, SPLITS, bach, load_polyphonic
 
 pytest.importorskip("music21")
 

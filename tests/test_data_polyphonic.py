@@ -18,18 +18,19 @@ import numpy as np
 import pytest
 import scipy.io
 
-from grukit.data import download, polyphonic
+from grukit.data import download
 from grukit.data.download import REGISTRY, DatasetEntry, fetch
-from grukit.data.polyphonic import (
+from grukit.errors import DataError, DownloadError
+from grukit.tasks.music import (
     NUM_KEYS,
     SPLITS,
     PianoRollDataset,
     RestrictedUnpickler,
     frames_to_roll,
     load_polyphonic,
+    polyphonic,
     roll_to_frames,
 )
-from grukit.errors import DataError, DownloadError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "polyphonic"
 JSB_PICKLE = SHARED / "jsb_chorales.pickle"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from grukit.errors import DataError
-from grukit.music_io import TICKS_PER_BEAT, plot_piano_roll, read_midi_roll, write_midi
+from grukit.tasks.music.midi import TICKS_PER_BEAT, plot_piano_roll, read_midi_roll, write_midi
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "polyphonic"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -104,7 +104,7 @@ def test_real_chorales_round_trip(tmp_path: Path) -> None:
     mat = SHARED / "JSB_Chorales.mat"
     if not mat.is_file():
         pytest.skip(f"shared data file {mat} is absent (only in the project workplace)")
-    from grukit.data import load_polyphonic
+    from grukit.tasks.music import load_polyphonic
 
     for roll in load_polyphonic(mat).splits["valid"][:10]:
         path = write_midi(roll, tmp_path / "c.mid")

@@ -36,7 +36,7 @@ WRAPPER = textwrap.dedent(
     """
     import os, sys, time
 
-    import grukit.tasks.music as music
+    import grukit.tasks.music.task as music
 
     delay = float(os.environ.get("GRUKIT_TEST_STEP_DELAY", "0"))
     real_loss = music.MusicTask.loss

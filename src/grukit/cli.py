@@ -84,7 +84,7 @@ def _write_sample(
 ) -> tuple[Path, Path]:
     import torch
 
-    from grukit.music_io import plot_piano_roll, write_midi
+    from grukit.tasks.music.midi import plot_piano_roll, write_midi
 
     g = torch.Generator().manual_seed(seed)
     primer = task.sequence("test", 0)[:prime] if prime > 0 else None

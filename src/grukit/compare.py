@@ -57,9 +57,9 @@ def matched_hidden_size(variant: str, target: int) -> int:
 def identify_dataset(data: str) -> str | None:
     """The benchmark a ``--data`` value is (by name, or a local file's sha256), else None."""
     from grukit.data.download import REGISTRY, sha256_file
-    from grukit.data.polyphonic import _normalise_name
+    from grukit.tasks.music import normalise_name
 
-    name = _normalise_name(data) if not os.path.exists(data) else None
+    name = normalise_name(data) if not os.path.exists(data) else None
     if name in PAPER_TABLE2:
         return name
     if os.path.isfile(data):

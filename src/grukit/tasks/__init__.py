@@ -17,7 +17,7 @@ TASKS = ("music",)
 def load_task(name: str, data: str, *, progress: bool = True) -> Any:
     """The task ``name`` on data set ``data`` (a named data set or a local path)."""
     if name == "music":
-        from grukit.tasks.music import MusicTask
+        from grukit.tasks.music.task import MusicTask
 
         return MusicTask.from_spec(data, progress=progress)
     raise ConfigError(f"unknown task {name!r}; valid tasks are: {', '.join(TASKS)}")

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from grukit.data.download import atomic_output
-from grukit.data.polyphonic import HIGHEST_PITCH, LOWEST_PITCH, NUM_KEYS
 from grukit.errors import DataError
+from grukit.tasks.music.pianoroll import HIGHEST_PITCH, LOWEST_PITCH, NUM_KEYS
 
 __all__ = ["plot_piano_roll", "read_midi_roll", "write_midi"]
 

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
-from grukit.data.polyphonic import NUM_KEYS, PianoRollDataset, load_polyphonic
 from grukit.errors import DataError
 from grukit.models import SequenceModel
+from grukit.tasks.music.pianoroll import NUM_KEYS, PianoRollDataset
+from grukit.tasks.music.polyphonic import load_polyphonic
 
 __all__ = ["MusicBatch", "MusicTask"]
 

@@ -66,14 +66,14 @@ from typing import Any
 import numpy as np
 
 from grukit.data.download import atomic_output, default_cache_dir
-from grukit.data.polyphonic import (
+from grukit.errors import DataError
+from grukit.tasks.music.pianoroll import (
     HIGHEST_PITCH,
     LOWEST_PITCH,
     NUM_KEYS,
     SPLITS,
     PianoRollDataset,
 )
-from grukit.errors import DataError
 
 __all__ = [
     "FORMAT_VERSION",
