@@ -77,13 +77,14 @@ def run(job: tuple[str, dict[str, Any], str, str]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
+    from grukit.runconfig import make_config
     from grukit.tasks import load_task
-    from grukit.train import TrainConfig, Trainer
+    from grukit.train import Trainer
 
     start = time.time()
     try:
         task = load_task("music", data, progress=False)
-        config = TrainConfig(data=data, out=f"{runs_dir}/{name}", progress=False, **kw)
+        config = make_config(data=data, out=f"{runs_dir}/{name}", progress=False, **kw)
         r = Trainer(config, task=task, log=lambda s: None).fit()
         return {"name": name, **kw, "train": r["train"]["nll"], "valid": r["valid"]["nll"],
                 "test": r["test"]["nll"], "best_epoch": r["best_epoch"], "epochs_run": r["epochs"],

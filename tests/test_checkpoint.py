@@ -550,3 +550,258 @@ def test_killed_save_leaves_a_complete_checkpoint(tmp_path, point, survivor):
         assert torch.equal(first_weight(path), torch.full((2, 2), float(survivor)))
     save_checkpoint(path, model=nn.Linear(2, 2), meta={"n": 3})
     assert read_meta(path)["n"] == 3 and leftovers(path) == []
+
+
+# -- hostile files: symlinks, FIFOs, devices, deep nesting, states that set anything ---------
+
+
+def _with_timeout(seconds: int, fn):
+    """Run ``fn`` in a daemon thread; fail (never hang) when it takes longer."""
+    import threading
+
+    box: dict[str, BaseException | object] = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"did not finish within {seconds} s (it would hang)"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def test_symlink_to_dev_zero_is_refused_quickly(saved):
+    path, _ = saved
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors").symlink_to("/dev/zero")
+    with pytest.raises(CheckpointError) as err:
+        _with_timeout(20, lambda: load_all(path))
+    assert "model.safetensors" in str(err.value) and "symbolic link" in str(err.value)
+
+
+def test_symlink_to_a_file_outside_is_refused(saved, tmp_path):
+    path, _ = saved
+    outside = tmp_path / "outside.safetensors"
+    os.replace(path / "model.safetensors", outside)
+    (path / "model.safetensors").symlink_to(outside)
+    with pytest.raises(CheckpointError, match="symbolic link"):
+        load_all(path)
+
+
+@pytest.mark.parametrize("name", ["meta.json", "model.safetensors"])
+def test_fifo_in_a_checkpoint_never_hangs(saved, name):
+    path, _ = saved
+    (path / name).unlink()
+    os.mkfifo(path / name)
+    with pytest.raises(CheckpointError) as err:
+        _with_timeout(20, lambda: load_all(path))
+    assert name in str(err.value) and "FIFO" in str(err.value)
+    if name == "meta.json":
+        with pytest.raises(CheckpointError, match="FIFO"):
+            _with_timeout(20, lambda: read_meta(path))
+
+
+def test_device_listed_size_is_compared_before_reading(saved):
+    path, _ = saved
+    meta = json.loads((path / "meta.json").read_text())
+    meta["files"]["model.safetensors"]["size"] = 10**15  # a hand-edited size
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt \(\d+ bytes, expected"):
+        _with_timeout(20, lambda: load_all(path))
+
+
+def test_symlinked_checkpoint_folder_is_refused(saved, tmp_path):
+    path, _ = saved
+    link = tmp_path / "run" / "checkpoints" / "last"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(path)
+    for call in (lambda: read_meta(link), lambda: load_all(link)):
+        with pytest.raises(CheckpointError, match="symbolic link"):
+            call()
+
+
+def test_deeply_nested_meta_is_refused(saved):
+    path, _ = saved
+    meta = json.loads((path / "meta.json").read_text())
+    for depth in (150, 100_000):
+        text = json.dumps(meta)[:-1] + ', "deep": ' + "[" * depth + "]" * depth + "}"
+        (path / "meta.json").write_text(text)
+        with pytest.raises(CheckpointError, match=r"meta\.json: JSON nested \d+ levels deep"):
+            read_meta(path)
+    # brackets inside strings do not count
+    text = json.dumps(meta)[:-1] + ', "s": "' + "[" * 500 + '\\"{"}'
+    (path / "meta.json").write_text(text)
+    assert read_meta(path)["s"] == "[" * 500 + '"{'
+
+
+def test_oversized_meta_is_refused_before_reading(saved, monkeypatch):
+    path, _ = saved
+    monkeypatch.setattr(ckpt, "MAX_META_BYTES", 100)
+    with pytest.raises(CheckpointError, match=r"meta\.json has \d+ bytes, expected at most 100"):
+        read_meta(path)
+
+
+def _rewrite_state(path: Path, name: str, edit) -> None:
+    """Edit ``name`` (a JSON state file) and fix its size and sha256 in meta.json."""
+    import hashlib
+
+    state = json.loads((path / name).read_text())
+    edit(state)
+    data = (json.dumps(state) + "\n").encode()
+    (path / name).write_bytes(data)
+    meta = json.loads((path / "meta.json").read_text())
+    meta["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+def test_scheduler_json_cannot_set_an_attribute_the_state_lacks(saved):
+    path, _ = saved
+    _rewrite_state(path, "scheduler.json", lambda s: s.update(optimizer="pwned"))
+    model, opt, sched = make("adam", "step")
+    with pytest.raises(CheckpointError, match=r"scheduler\.json.*'optimizer' is not part of"):
+        load_checkpoint(path, model=model, optimizer=opt, scheduler=sched)
+    assert sched.optimizer is opt
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("gamma", "half"), ("last_epoch", [1]), ("step_size", {"a": 1})]
+)
+def test_scheduler_json_cannot_change_a_type(saved, key, value):
+    path, _ = saved
+    _rewrite_state(path, "scheduler.json", lambda s: s.update({key: value}))
+    model, opt, sched = make("adam", "step")
+    with pytest.raises(CheckpointError, match=rf"scheduler\.json.*{key!r} should be number"):
+        load_checkpoint(path, model=model, optimizer=opt, scheduler=sched)
+
+
+def test_scheduler_ints_and_floats_are_interchangeable(saved):
+    path, _ = saved
+    _rewrite_state(path, "scheduler.json", lambda s: s.update(gamma=1))
+    model, opt, sched = make("adam", "step")
+    load_checkpoint(path, model=model, optimizer=opt, scheduler=sched)
+    assert sched.gamma == 1
+
+
+def _bad_param_ids(state):
+    state["state"]["__dict__"][0][0] = 99
+
+
+def _extra_group_key(state):
+    state["param_groups"][0]["evil"] = 1
+
+
+def _string_lr(state):
+    state["param_groups"][0]["lr"] = "fast"
+
+
+def _other_params(state):
+    state["param_groups"][0]["params"] = [0, 0, 0, 0, 0, 0]
+
+
+def _extra_top_key(state):
+    state["extra"] = 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (_bad_param_ids, "not a parameter id"),
+        (_extra_group_key, "should have keys"),
+        (_string_lr, r"\['lr'\] should be number, got str"),
+        (_other_params, "other parameters"),
+        (_extra_top_key, "exactly 'state' and 'param_groups'"),
+    ],
+)
+def test_optimizer_json_must_have_the_optimizers_structure(saved, edit, words):
+    path, _ = saved
+    _rewrite_state(path, "optimizer.json", edit)
+    model, opt, sched = make("adam", "step")
+    before = json.dumps(opt.state_dict()["param_groups"])
+    with pytest.raises(CheckpointError, match=rf"optimizer\.json: does not fit.*{words}"):
+        load_checkpoint(path, model=model, optimizer=opt, scheduler=sched)
+    assert json.dumps(opt.state_dict()["param_groups"]) == before
+
+
+def test_optimizer_state_tensor_shapes_must_match(tmp_path):
+    model, opt, sched = make("adam", "step")
+    train(model, opt, sched, 1)
+    save_checkpoint(tmp_path / "a", model=model, optimizer=opt, scheduler=sched)
+    other, other_opt, other_sched = make("adam", "step", hidden=6)
+    with pytest.raises(CheckpointError, match="does not fit the optimizer"):
+        load_checkpoint(tmp_path / "a", optimizer=other_opt)
+
+
+@pytest.mark.parametrize(
+    ("trainer", "words"),
+    [
+        (None, "expected a 'trainer' table"),
+        ({"best_valid": 1.0, "best_epoch": 0, "since_best": 0}, "trainer.epoch is missing"),
+        ({"epoch": "3", "best_valid": 1.0, "best_epoch": 0, "since_best": 0}, "'3'"),
+        ({"epoch": True, "best_valid": 1.0, "best_epoch": 0, "since_best": 0}, "True"),
+        ({"epoch": -1, "best_valid": 1.0, "best_epoch": 0, "since_best": 0}, "-1"),
+        ({"epoch": 2, "best_valid": "x", "best_epoch": 0, "since_best": 0}, "best_valid"),
+        ({"epoch": 2, "best_valid": float("nan"), "best_epoch": 0, "since_best": 0}, "nan"),
+        ({"epoch": 2, "best_valid": 1.0, "best_epoch": 3, "since_best": 0}, "at most"),
+        ({"epoch": 2, "best_valid": 1.0, "best_epoch": 1, "since_best": -2}, "since_best"),
+    ],
+)
+def test_validate_trainer_meta_refuses_bad_values(trainer, words):
+    from grukit.checkpoint import validate_trainer_meta
+
+    meta = {} if trainer is None else {"trainer": trainer}
+    with pytest.raises(CheckpointError) as err:
+        validate_trainer_meta(meta, "run/checkpoints/last/meta.json")
+    message = str(err.value)
+    assert message.startswith("run/checkpoints/last/meta.json: ") and words in message
+    assert "\n" not in message
+
+
+def test_validate_trainer_meta_accepts_good_values():
+    from grukit.checkpoint import validate_trainer_meta
+
+    trainer = {"epoch": 3, "best_valid": float("inf"), "best_epoch": 0, "since_best": 3, "u": 9}
+    assert validate_trainer_meta({"trainer": trainer}, "m") == trainer
+    state = validate_trainer_meta(
+        {"trainer": {"epoch": 3, "best_valid": 2, "best_epoch": 2, "since_best": 1}}, "m"
+    )
+    assert isinstance(state["best_valid"], float)
+
+
+def test_io_helpers_are_reexported():
+    import grukit.io
+
+    assert ckpt.atomic_write_json is grukit.io.atomic_write_json
+    assert ckpt.atomic_write_bytes is grukit.io.atomic_write_bytes
+    assert ckpt.atomic_write_text is grukit.io.atomic_write_text
+
+
+def test_read_regular_file_and_safe_child(tmp_path):
+    from grukit.io import read_regular_file, safe_child
+
+    (tmp_path / "f").write_bytes(b"12345")
+    assert read_regular_file(tmp_path / "f", max_bytes=5) == b"12345"
+    assert read_regular_file(tmp_path / "f", max_bytes=9, expected_size=5) == b"12345"
+    with pytest.raises(CheckpointError, match="expected at most 4"):
+        read_regular_file(tmp_path / "f", max_bytes=4)
+    with pytest.raises(CheckpointError, match="expected 6"):
+        read_regular_file(tmp_path / "f", max_bytes=9, expected_size=6)
+    with pytest.raises(CheckpointError, match="is missing"):
+        read_regular_file(tmp_path / "absent", max_bytes=9)
+    with pytest.raises(CheckpointError, match="device"):
+        read_regular_file("/dev/null", max_bytes=9)
+    with pytest.raises(CheckpointError, match="folder"):
+        read_regular_file(tmp_path, max_bytes=9)
+    assert safe_child(tmp_path, "a", "b/c") == tmp_path / "a" / "b" / "c"
+    (tmp_path / "link").symlink_to(tmp_path / "f")
+    with pytest.raises(CheckpointError, match="symbolic link"):
+        safe_child(tmp_path, "link")
+    with pytest.raises(CheckpointError, match="inside"):
+        safe_child(tmp_path, "../x")
+    with pytest.raises(CheckpointError, match="absolute"):
+        safe_child(tmp_path, "/etc/passwd")

@@ -24,9 +24,8 @@ import pytest
 
 from grukit.checkpoint import read_meta
 from grukit.cli import main
-from grukit.configuration import config_from_toml, config_to_dict
+from grukit.runconfig import build_run_config, make_config
 from grukit.tasks.music.midi import read_midi_roll
-from grukit.train import TrainConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -87,7 +86,7 @@ def test_train_prints_the_result_and_writes_a_sample(trained) -> None:
     assert f"test {result['test']['nll']:.4f}" in out, out
     assert f"run folder: {run}" in out, out
     assert result["epochs"] == 2
-    assert read_meta(run / "checkpoints" / "last")["config"]["seed"] == 3
+    assert read_meta(run / "checkpoints" / "last")["config"]["run"]["seed"] == 3
     midi, png = run / "samples" / "sample-seed3.mid", run / "samples" / "sample-seed3.png"
     assert str(midi) in out
     assert read_midi_roll(midi).shape == (64, 88), "the default sample is 64 frames"
@@ -104,12 +103,12 @@ def test_config_file_then_flags(tiny_pickle: Path, tmp_path: Path, capsys) -> No
         "--out", run, "--no-progress", "--sample-length", 0,
     )  # fmt: skip
     assert status == 0, err
-    assert "Overriding: hidden_size = 10" in out
-    expected = TrainConfig(
+    assert "Overriding: model.hidden_size = 10" in out
+    expected = make_config(
         hidden_size=10, epochs=1, lr=0.01, seed=4, batch_size=4, data=str(tiny_pickle),
-        out=str(run), progress=False,
+        out=str(run), progress=False, sample_length=0,
     )  # fmt: skip
-    assert config_from_toml(TrainConfig, run / "config.toml") == config_to_dict(expected), (
+    assert build_run_config(toml_path=run / "config.toml", announce=None) == expected, (
         "the run's config.toml is not defaults < TOML < flags"
     )
     assert not (run / "samples").exists(), "--sample-length 0 should draw no sample"
@@ -245,9 +244,9 @@ def test_a_packaged_config_by_name(tiny_pickle: Path, tmp_path: Path, capsys) ->
                             "--sample-length", 0),
     )  # fmt: skip
     assert status == 0, err
-    saved = config_from_toml(TrainConfig, run / "config.toml")
-    assert saved["optimizer"] == "rmsprop" and saved["weight_noise"] == 0.075
-    assert saved["hidden_size"] == 8 and saved["epochs"] == 1  # the flags win
+    saved = build_run_config(toml_path=run / "config.toml", announce=None)
+    assert saved.optim.optimizer == "rmsprop" and saved.optim.weight_noise == 0.075
+    assert saved.model.hidden_size == 8 and saved.optim.epochs == 1  # the flags win
 
     status, _, err = call(capsys, *train_args(tiny_pickle, tmp_path / "r2", "--config", "nope"))
     assert status == 2

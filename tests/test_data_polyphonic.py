@@ -512,3 +512,84 @@ def test_registry_matches_the_shared_readme() -> None:
         row = next(line for line in text.splitlines() if entry.url in line)
         assert entry.sha256 in row
         assert "/".join(str(n) for n in entry.split_sizes) in row
+
+
+# --------------------------------------------------------------------------------------------
+# pickle bombs: memo references that expand to far more frames than the file holds
+
+BOMB_SCRIPT = """
+import pickle, resource, sys, time
+from pathlib import Path
+from grukit.errors import DataError
+from grukit.tasks.music import load_polyphonic
+path = Path(sys.argv[1])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+    load_polyphonic(path)
+except DataError as exc:
+    message = str(exc)
+else:
+    message = "LOADED"
+seconds = time.perf_counter() - start
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB on Linux
+print(repr((message, seconds, grew)))
+"""
+
+
+def _bomb(kind: str) -> dict:
+    frame = (60, 64, 67)
+    if kind == "frames":  # ~900,000 frames from a few KB: one sequence shared 1,000 times
+        sequence = [frame] * 900
+        train = [sequence] * 1000
+    else:  # few frames, each a shared frame of 10,000 notes
+        big = tuple([60] * 10_000)
+        train = [[big] * 100] * 1000
+    return {"train": train, "valid": [[frame]], "test": [[frame]]}
+
+
+@pytest.mark.parametrize(("kind", "words"), [("frames", "200000 frames"), ("notes", "notes")])
+def test_pickle_bomb_is_refused_quickly_without_the_memory(tmp_path, kind, words):
+    data = pickle.dumps(_bomb(kind), protocol=4)
+    assert len(data) < 40_000  # a few KB
+    path = tmp_path / "bomb.pickle"
+    path.write_bytes(data)
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", BOMB_SCRIPT, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    message, seconds, grew_kib = eval(result.stdout.strip().splitlines()[-1])  # noqa: S307
+    assert "bomb.pickle expands to more than" in message and "pickle bomb" in message
+    assert "\n" not in message and words in message
+    assert seconds < 10
+    assert grew_kib < 100 * 1024  # well under 100 MB
+
+
+def test_pickle_bomb_refused_in_process(tmp_path):
+    path = write_pickle(tmp_path / "bomb.pickle", _bomb("frames"), protocol=4)
+    with pytest.raises(DataError, match=r"bomb\.pickle expands to more than 200000 frames"):
+        load_polyphonic(path)
+
+
+def test_expansion_limits_admit_the_real_jsb_pickle() -> None:
+    data = need(JSB_PICKLE).read_bytes()
+    frames_limit, notes_limit = polyphonic.expansion_limits(len(data))
+    obj = pickle.loads(data, encoding="latin1")
+    frames = sum(len(s) for split in obj.values() for s in split)
+    notes = sum(len(f) for split in obj.values() for s in split for f in s)
+    assert frames * 10 < frames_limit and notes * 10 < notes_limit
+
+
+def test_oversized_and_non_regular_pickles_are_refused(tmp_path, monkeypatch):
+    path = write_pickle(tmp_path / "toy.pickle", toy_frames())
+    monkeypatch.setattr(polyphonic, "MAX_PICKLE_BYTES", 50)
+    with pytest.raises(DataError, match=r"toy\.pickle has \d+ bytes, expected a pickle of at most"):
+        load_polyphonic(path)
+    monkeypatch.undo()
+    fifo = tmp_path / "fifo.pickle"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        load_polyphonic(fifo)

@@ -25,11 +25,12 @@ import pytest
 from grukit.checkpoint import read_meta
 from grukit.cli import main
 from grukit.errors import CheckpointError
-from grukit.train import TrainConfig, Trainer
+from grukit.runconfig import RunConfig, make_config
+from grukit.train import Trainer
 
 pytestmark = pytest.mark.slow
 
-TIMING_KEYS = ("seconds", "sequences_per_s")
+TIMING_KEYS = ("seconds", "seq_per_s")
 EPOCHS = 8
 
 WRAPPER = textwrap.dedent(
@@ -167,8 +168,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(
 # ---------------------------------------------------------------------------- in process
 
 
-def config(data: Path, out: Path, epochs: int) -> TrainConfig:
-    return TrainConfig(
+def config(data: Path, out: Path, epochs: int) -> RunConfig:
+    return make_config(
         data=str(data), hidden_size=8, epochs=epochs, lr=0.03, batch_size=4, seed=2,
         weight_noise=0.05, ema=0.9, out=str(out), progress=False,
     )  # fmt: skip

@@ -18,5 +18,16 @@ __all__ = [
     "VARIANTS",
     "Variant",
     "get_variant",
+    "GRUClassifier",
+    "GRUForecaster",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # the estimators pull in the training system: imported on first use
+    if name in ("GRUClassifier", "GRUForecaster"):
+        from grukit import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'grukit' has no attribute {name!r}")

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import glob
 import hashlib
 import json
@@ -40,6 +39,7 @@ import math
 import os
 import platform
 import random
+import re
 import secrets
 import shutil
 import warnings
@@ -52,6 +52,15 @@ import safetensors.torch
 import torch
 
 from grukit.errors import CheckpointError
+from grukit.io import (
+    _fsync_dir,
+    _write_new_file,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_regular_file,
+    safe_child,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -61,6 +70,7 @@ __all__ = [
     "load_checkpoint",
     "read_meta",
     "save_checkpoint",
+    "validate_trainer_meta",
 ]
 
 FORMAT = "grukit-checkpoint"
@@ -68,58 +78,6 @@ FORMAT_VERSION = 1
 META_FILE = "meta.json"
 _RESERVED_META_KEYS = ("format", "format_version", "saved_at", "library_versions", "files")
 _TAGS = ("__float__", "__tuple__", "__dict__", "__ndarray__", "__tensor__")
-
-
-# -- atomic files ---------------------------------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename or file creation in ``folder`` durable (a no-op where unsupported)."""
-    if os.name == "nt":  # Windows cannot open folders; NTFS journals the rename
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some file systems refuse fsync on folders
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _write_new_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (which must not exist), write ``data``, flush and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically: readers and crashes see the old or the new
-    content, never a mix (temp file in the same folder, fsync, ``os.replace``, fsync folder)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        _write_new_file(tmp, bytes(data))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Replace ``path`` with ``text`` (UTF-8, newlines untranslated) atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> None:
-    """Replace ``path`` with ``obj`` as JSON atomically (plain ``json``: NaN is written as
-    ``NaN``; checkpoints use their own exact encoding instead)."""
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
 # -- exact JSON encoding with tensors split out ---------------------------------------------
@@ -253,21 +211,36 @@ def _tensors_to_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
 
 # -- reading --------------------------------------------------------------------------------
 
+MAX_META_BYTES = 64 << 20
+"""``meta.json`` may hold at most this many bytes."""
+MAX_JSON_DEPTH = 100
+"""JSON files of a checkpoint may nest arrays and objects at most this deep."""
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]")
+
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_bytes(folder: Path, name: str) -> bytes:
-    try:
-        return (folder / name).read_bytes()
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder}: {name} is missing") from None
-    except OSError as exc:
-        raise CheckpointError(f"{folder}: cannot read {name}: {exc.strerror or exc}") from None
+def _json_depth(data: bytes) -> int:
+    """The deepest nesting of arrays/objects in JSON text ``data`` (brackets inside strings do
+    not count); cheap, so that it can run before the recursive parser."""
+    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", data))
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max())
 
 
 def _parse_json(folder: Path, name: str, data: bytes) -> Any:
+    depth = _json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise CheckpointError(
+            f"{folder / name}: JSON nested {depth} levels deep, expected at most {MAX_JSON_DEPTH}"
+        )
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
@@ -276,6 +249,10 @@ def _parse_json(folder: Path, name: str, data: bytes) -> Any:
         raise CheckpointError(
             f"{folder / name}: invalid JSON (truncated or corrupt?): {exc.msg} "
             f"at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise CheckpointError(
+            f"{folder / name}: JSON nested too deeply, expected at most {MAX_JSON_DEPTH} levels"
         ) from None
 
 
@@ -286,13 +263,21 @@ def _parse_tensors(folder: Path, name: str, data: bytes) -> dict[str, torch.Tens
         raise CheckpointError(f"{folder / name}: not a valid safetensors file: {exc}") from None
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _read_meta_file(folder: Path) -> dict[str, Any]:
     name = META_FILE
-    meta = _decode(_parse_json(folder, name, _read_bytes(folder, name)), {}, name)
+    data = read_regular_file(safe_child(folder, name), max_bytes=MAX_META_BYTES)
+    try:
+        meta = _decode(_parse_json(folder, name, data), {}, name)
+    except RecursionError:
+        raise CheckpointError(f"{folder / name}: nested too deeply") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{folder / name}: not a grukit checkpoint description")
     version = meta.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool):
+    if not _is_int(version):
         raise CheckpointError(f"{folder / name}: format_version is missing or not an integer")
     if version > FORMAT_VERSION:
         raise CheckpointError(
@@ -301,24 +286,33 @@ def _read_meta_file(folder: Path) -> dict[str, Any]:
         )
     files = meta.get("files")
     if not isinstance(files, dict) or not all(
-        isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("size"), int)
+        isinstance(v, dict)
+        and isinstance(v.get("sha256"), str)
+        and _is_int(v.get("size"))
+        and v["size"] >= 0
         for v in files.values()
     ):
         raise CheckpointError(f"{folder / name}: the 'files' table is missing or malformed")
+    for file in files:
+        if not isinstance(file, str) or Path(file).name != file or file in (META_FILE, ".", ".."):
+            raise CheckpointError(f"{folder / name}: bad file name {file!r} in the 'files' table")
     return meta
 
 
 def _siblings(path: Path) -> list[Path]:
-    """Folders ``<path>.tmp-XXXXXXXX`` / ``<path>.old-XXXXXXXX`` made by ``save_checkpoint``."""
+    """Folders ``<path>.tmp-XXXXXXXX`` / ``<path>.old-XXXXXXXX`` made by ``save_checkpoint``
+    (real folders only: a symlink is never followed)."""
     pattern = glob.escape(str(path))
     token = "[0-9a-f]" * 8
     found = glob.glob(f"{pattern}.tmp-{token}") + glob.glob(f"{pattern}.old-{token}")
-    return sorted(Path(p) for p in found if Path(p).is_dir())
+    return sorted(
+        Path(p) for p in found if not Path(p).is_symlink() and Path(p).is_dir()
+    )  # fmt: skip
 
 
 def _resolve(path: str | os.PathLike[str]) -> Path:
     """The folder to read for checkpoint ``path``, recovering from an interrupted save."""
-    path = Path(path)
+    path = safe_child(Path(path).parent, Path(path).name)  # refuses a symlinked folder
     if path.is_dir():
         return path
     if path.exists():
@@ -353,6 +347,39 @@ def _resolve(path: str | os.PathLike[str]) -> Path:
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Return the ``meta.json`` of checkpoint folder ``path`` (cheap: no file is verified)."""
     return _read_meta_file(_resolve(path))
+
+
+def validate_trainer_meta(meta: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Check ``meta["trainer"]`` (what a resume continues from) and return a copy of it.
+
+    Expected: ``epoch`` int >= 0, ``best_valid`` a number (may be +-inf, not NaN),
+    ``best_epoch`` int in [0, epoch], ``since_best`` int >= 0; other keys are kept as they are.
+    Raises CheckpointError naming ``source`` and the first bad value.
+    """
+    trainer = meta.get("trainer") if isinstance(meta, Mapping) else None
+    if not isinstance(trainer, Mapping):
+        got = "nothing" if trainer is None else type(trainer).__name__
+        raise CheckpointError(f"{source}: expected a 'trainer' table, got {got}")
+    state = dict(trainer)
+    for key in ("epoch", "best_valid", "best_epoch", "since_best"):
+        if key not in state:
+            raise CheckpointError(f"{source}: trainer.{key} is missing")
+    for key in ("epoch", "best_epoch", "since_best"):
+        value = state[key]
+        if not _is_int(value) or value < 0:
+            raise CheckpointError(f"{source}: trainer.{key} must be an integer >= 0, got {value!r}")
+    best = state["best_valid"]
+    if not isinstance(best, int | float) or isinstance(best, bool) or math.isnan(best):
+        raise CheckpointError(
+            f"{source}: trainer.best_valid must be a number (or +-inf), got {best!r}"
+        )
+    state["best_valid"] = float(best)
+    if state["best_epoch"] > state["epoch"]:
+        raise CheckpointError(
+            f"{source}: trainer.best_epoch must be at most trainer.epoch ({state['epoch']}), "
+            f"got {state['best_epoch']}"
+        )
+    return state
 
 
 # -- saving ---------------------------------------------------------------------------------
@@ -545,6 +572,114 @@ def _restore_rng(folder: Path, state: Any) -> None:
         raise CheckpointError(f"{folder / 'rng.json'}: cannot restore RNG state: {exc}") from None
 
 
+def _kind_of(value: Any) -> str:
+    """The type class a saved state value must keep: numbers are interchangeable."""
+    if value is None:
+        return "None"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list | tuple):
+        return "list"
+    if isinstance(value, Mapping):
+        return "dict"
+    if isinstance(value, torch.Tensor):
+        return "tensor"
+    return type(value).__name__
+
+
+def _same_kind(saved: Any, live: Any) -> bool:
+    """Whether ``saved`` may replace ``live`` (None on either side is accepted)."""
+    a, b = _kind_of(saved), _kind_of(live)
+    if a == "None" or b == "None" or a == b:
+        return True
+    return {a, b} == {"number", "tensor"} and (
+        isinstance(saved, torch.Tensor)
+        and saved.numel() == 1
+        or isinstance(live, torch.Tensor)
+        and live.numel() == 1
+    )
+
+
+def _check_optimizer_state(file: Path, state: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse an optimizer state that does not have the live optimizer's structure."""
+    live = optimizer.state_dict()
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{file}: does not fit the optimizer: {what}")
+
+    if not isinstance(state, dict) or set(state) != {"state", "param_groups"}:
+        got = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise bad(f"expected a table with exactly 'state' and 'param_groups', got {got}")
+    groups, live_groups = state["param_groups"], live["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(live_groups):
+        got = len(groups) if isinstance(groups, list) else type(groups).__name__
+        raise bad(f"expected {len(live_groups)} parameter group(s), got {got}")
+    for i, (group, live_group) in enumerate(zip(groups, live_groups, strict=True)):
+        if not isinstance(group, dict) or set(group) != set(live_group):
+            got = sorted(map(str, group)) if isinstance(group, dict) else type(group).__name__
+            raise bad(f"param_groups[{i}] should have keys {sorted(live_group)}, got {got}")
+        if list(group["params"]) != list(live_group["params"]):
+            raise bad(f"param_groups[{i}] lists other parameters than the optimizer's")
+        for key, value in group.items():
+            if not _same_kind(value, live_group[key]):
+                raise bad(
+                    f"param_groups[{i}][{key!r}] should be {_kind_of(live_group[key])}, "
+                    f"got {_kind_of(value)}"
+                )
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    per_param = state["state"]
+    if not isinstance(per_param, dict):
+        raise bad(f"'state' should be a table, got {type(per_param).__name__}")
+    for pid, entry in per_param.items():
+        if not _is_int(pid) or not 0 <= pid < len(params):
+            raise bad(f"'state' key {pid!r} is not a parameter id in [0, {len(params) - 1}]")
+        if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
+            raise bad(f"state[{pid}] should be a table of named values")
+        for key, value in entry.items():
+            kind = _kind_of(value)
+            if kind not in ("tensor", "number", "bool", "None"):
+                raise bad(f"state[{pid}][{key!r}] should be a tensor or a number, got {kind}")
+            shape = tuple(params[pid].shape)
+            if kind == "tensor" and value.dim() > 0 and tuple(value.shape) != shape:
+                raise bad(
+                    f"state[{pid}][{key!r}] has shape {list(value.shape)}, "
+                    f"the parameter {list(shape)}"
+                )
+
+
+def _check_scheduler_state(file: Path, state: Any, scheduler: Any) -> None:
+    """Refuse a scheduler state that sets a key the live scheduler's state lacks or changes a
+    value's type (``load_state_dict`` would set any attribute it is given)."""
+    live = scheduler.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{file}: does not fit the scheduler: expected a table, got {type(state).__name__}"
+        )
+    for key, value in state.items():
+        if key not in live:
+            raise CheckpointError(
+                f"{file}: does not fit the scheduler: {key!r} is not part of a "
+                f"{type(scheduler).__name__} state"
+            )
+        if not _same_kind(value, live[key]):
+            raise CheckpointError(
+                f"{file}: does not fit the scheduler: {key!r} should be {_kind_of(live[key])}, "
+                f"got {_kind_of(value)}"
+            )
+        if isinstance(value, list | tuple) and isinstance(live[key], list | tuple):
+            kinds = {_kind_of(v) for v in live[key]}
+            for item in value:
+                if len(kinds) == 1 and not _same_kind(item, live[key][0]):
+                    raise CheckpointError(
+                        f"{file}: does not fit the scheduler: {key!r} should hold "
+                        f"{next(iter(kinds))} values, got {_kind_of(item)}"
+                    )
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -565,14 +700,8 @@ def load_checkpoint(
     meta = _read_meta_file(folder)
     contents: dict[str, bytes] = {}
     for name, info in meta["files"].items():
-        if Path(name).name != name or name == META_FILE:
-            raise CheckpointError(f"{folder / META_FILE}: bad file name {name!r}")
-        data = _read_bytes(folder, name)
-        if len(data) != info["size"]:
-            raise CheckpointError(
-                f"{folder / name}: truncated or corrupt "
-                f"({len(data)} bytes, expected {info['size']})"
-            )
+        size = info["size"]  # compared with the file's before anything is read
+        data = read_regular_file(safe_child(folder, name), max_bytes=size, expected_size=size)
         if _sha256(data) != info["sha256"]:
             raise CheckpointError(f"{folder / name}: corrupt (sha256 does not match meta.json)")
         contents[name] = data
@@ -587,6 +716,10 @@ def load_checkpoint(
     opt_state = _load_state(folder, "optimizer", contents) if optimizer is not None else None
     sched_state = _load_state(folder, "scheduler", contents) if scheduler is not None else None
     rng_state = _load_state(folder, "rng", contents) if restore_rng else None
+    if optimizer is not None:
+        _check_optimizer_state(folder / "optimizer.json", opt_state, optimizer)
+    if scheduler is not None:
+        _check_scheduler_state(folder / "scheduler.json", sched_state, scheduler)
 
     if model_state is not None:
         device = torch.device(map_location)

@@ -1,57 +1,51 @@
-"""The ``grukit`` command: train, eval, sample, compare, bench.
+"""The ``grukit`` command: train, eval, sample, predict, forecast, compare, bench.
 
-Errors that grukit raises on purpose (bad data, config, checkpoint, an offline download) are
-printed as one sentence with exit status 2, never a traceback.
+Every failure grukit can name (bad data, config, checkpoint, run folder, an offline download,
+a full or read-only disk) is printed as one line ``grukit <cmd>: error: ...`` with exit status
+2, never a traceback. Every value is checked before any training starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grukit.errors import GrukitError
+from grukit.errors import ConfigError, GrukitError
 
 __all__ = ["main"]
 
 
 def _train_parser(sub: Any) -> None:
-    from grukit.configuration import add_dataclass_arguments
-    from grukit.train import TrainConfig, packaged_configs
+    from grukit.runconfig import add_run_arguments, packaged_configs
 
     p = sub.add_parser(
         "train",
         help="train a model (with no flags: a GRU on the Bach chorales shipped with music21)",
-        description="Train a model. Settings come from the defaults, then --config FILE (TOML), "
-        "then the flags below.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a model. Settings come from the defaults, the task's defaults, then "
+        "--config FILE (TOML, sections [task] [model] [optim] [run]), then the flags below: "
+        "--section.key or, where unique, --key (--task, --data, --hidden-size, --horizon, ...).",
     )
     p.add_argument(
         "--config", metavar="FILE",
-        help="TOML file of settings (keys as below, with _), or a packaged config: "
-        + ", ".join(packaged_configs()),
+        help="TOML file of settings, or a packaged config: " + ", ".join(packaged_configs()),
     )  # fmt: skip
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN")
-    p.add_argument(
-        "--sample-length",
-        type=int,
-        default=64,
-        help="frames of the sample drawn at the end (0: none)",
-    )
-    add_dataclass_arguments(p, TrainConfig)
+    add_run_arguments(p)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from grukit.configuration import overrides_from_namespace
-    from grukit.train import TrainConfig, Trainer, config_from_args
+    from grukit.runconfig import overrides_from_namespace
+    from grukit.train import Trainer, config_from_args
 
-    overrides = overrides_from_namespace(args, TrainConfig)
+    overrides = overrides_from_namespace(args)
     if args.resume:
         if args.config:
-            raise GrukitError("--resume takes the run's own config; do not pass --config too")
+            raise ConfigError("--resume takes the run's own config; do not pass --config too")
         trainer = Trainer.resume(args.resume, overrides=overrides)
     else:
         trainer = Trainer(config_from_args(args.config, overrides))
@@ -59,42 +53,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = Path(result["run"])
     print(
         f"best epoch {result['best_epoch']} of {result['epochs']} ({result['stopped_by']}); "
-        f"NLL per frame: train {result['train']['nll']:.4f}, valid {result['valid']['nll']:.4f}, "
-        f"test {result['test']['nll']:.4f}"
+        f"{trainer.task.name} on {trainer.task.config.data}, best checkpoint:"
     )
+    print(trainer.task.summary(result))
     print(f"run folder: {run}  (config.toml, metrics.jsonl, final.json, checkpoints/)")
-    if (run / "curves.png").exists():
-        print(f"curves:     {run / 'curves.png'}")
-    if args.sample_length > 0 and hasattr(trainer.task, "sample"):
-        midi, png = _write_sample(
-            trainer.task,
-            trainer.averaged,
-            run / "samples",
-            args.sample_length,
-            1.0,
-            trainer.config.seed,
-            0,
-        )
-        print(f"sample:     {midi}  (piano roll {png})")
+    for what, where in result.get("reports", {}).items():
+        print(f"{what + ':':11s} {where}")
     return 0
-
-
-def _write_sample(
-    task: Any, model: Any, folder: Path, length: int, temperature: float, seed: int, prime: int
-) -> tuple[Path, Path]:
-    import torch
-
-    from grukit.tasks.music.midi import plot_piano_roll, write_midi
-
-    g = torch.Generator().manual_seed(seed)
-    primer = task.sequence("test", 0)[:prime] if prime > 0 else None
-    roll = task.sample(model, length, prime=primer, temperature=temperature, generator=g).numpy()
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = f"sample-seed{seed}"
-    midi, png = folder / f"{stem}.mid", folder / f"{stem}.png"
-    write_midi(roll, midi)
-    plot_piano_roll(roll, png, title=f"sampled, {length} quarter notes, temperature {temperature}")
-    return midi, png
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -107,7 +72,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {
         "run": str(args.run),
         "checkpoint": args.checkpoint,
-        "data": config.data,
+        "task": config.task.name,
+        "data": config.task.data,
     }
     for split in splits:
         metrics = evaluate(task, model, split)
@@ -118,70 +84,175 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        for split in splits:
-            m = result if len(splits) == 1 else result[split]
-            print(f"{split}: {task.metric} {m[task.metric]:.4f} over {m['frames']} frames")
+        shown = result if len(splits) == 1 else {s: result[s] for s in splits}
+        print(task.summary(shown if len(splits) > 1 else {splits[0]: result}))
     return 0
+
+
+def _positive_int(name: str, value: int, most: int) -> None:
+    if not 1 <= value <= most:
+        raise ConfigError(f"--{name} must be an integer in [1, {most}], got {value}")
+
+
+def _out_file(path: str | None, run: Path, default: str) -> Path:
+    """Where a command writes: inside the run folder by default, else the user's own path,
+    which must not exist yet (grukit never overwrites a file it did not write)."""
+    from grukit.io import safe_child
+
+    if path is None:
+        return safe_child(run, default)
+    out = Path(path)
+    if out.exists() or out.is_symlink():
+        raise ConfigError(
+            f"{out} already exists; choose another --out (grukit never overwrites it)"
+        )
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: the folder {out.parent} does not exist")
+    return out
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from grukit.train import load_run
 
+    _positive_int("length", args.length, 100_000)
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ConfigError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    if args.prime < 0:
+        raise ConfigError(f"--prime must be >= 0, got {args.prime}")
+    if args.out is not None:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a folder for the sample files")
+        if out.is_symlink():
+            raise ConfigError(f"--out {out} is a symbolic link; give a real folder")
+        folder = out
+    else:
+        from grukit.io import safe_child
+
+        folder = safe_child(Path(args.run), "samples")
     _, task, model = load_run(args.run, which=args.checkpoint, device=args.device)
-    folder = Path(args.out) if args.out else Path(args.run) / "samples"
-    midi, png = _write_sample(
-        task, model, folder, args.length, args.temperature, args.seed, args.prime
+    if not hasattr(task, "write_sample"):
+        raise ConfigError(f"task {task.name!r} does not sample; `grukit sample` is for music")
+    midi, png = task.write_sample(
+        model, folder, args.length, temperature=args.temperature, seed=args.seed, prime=args.prime
     )
     print(f"wrote {midi} and {png}")
     return 0
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from grukit.compare import compare, format_table
-    from grukit.configuration import overrides_from_namespace
-    from grukit.train import TrainConfig, config_from_args
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from grukit.train import load_run
 
-    overrides = overrides_from_namespace(args, TrainConfig)
-    quiet = (lambda s: None) if args.json else print
-    base = config_from_args(args.config or "chung2014", overrides, announce=quiet)
-    variants = [v.strip() for v in (args.variants or "").split(",") if v.strip()]
+    _, task, model = load_run(args.run, which=args.checkpoint, device=args.device)
+    if not hasattr(task, "predict_csv"):
+        raise ConfigError(f"task {task.name!r} has no per-case predictions; see `grukit eval`")
+    out = _out_file(args.out, Path(args.run), "predictions.csv")
+    n = task.predict_csv(model, args.data, out)
+    print(f"wrote {n} predictions to {out}")
+    return 0
+
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from grukit.train import load_run
+
+    _positive_int("horizon", args.horizon, 100_000)
+    _, task, model = load_run(args.run, which=args.checkpoint, device=args.device)
+    if not hasattr(task, "forecast_csv"):
+        raise ConfigError(f"task {task.name!r} does not forecast; `grukit forecast` is for it")
+    out = _out_file(args.out, Path(args.run), "forecast.csv")
+    n = task.forecast_csv(model, args.data, args.horizon, out)
+    print(f"wrote {n} future steps to {out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from grukit.compare import compare, format_table, parse_models
+    from grukit.runconfig import overrides_from_namespace
+
+    overrides = overrides_from_namespace(args)
     try:
-        lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
+        lrs = [float(v) for v in args.lrs.split(",") if v.strip()] if args.lrs else None
     except ValueError:
-        raise GrukitError(f"--lrs takes comma-separated numbers, got {args.lrs!r}") from None
+        raise ConfigError(f"--lrs takes comma-separated numbers, got {args.lrs!r}") from None
+    _positive_int("seeds", args.seeds, 1000)
     log = (lambda s: print(s, file=sys.stderr)) if args.json else print
-    report = compare(base, variants=variants, lrs=lrs, out=args.out, log=log)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(format_table(report))
+    report = compare(
+        config=args.config,
+        overrides=overrides,
+        models=parse_models(args.variants) if args.variants else None,
+        lrs=lrs,
+        seeds=args.seeds,
+        out=args.out,
+        log=log,
+    )
+    print(json.dumps(report) if args.json else format_table(report))
     return 0
 
 
 def _compare_parser(sub: Any) -> None:
-    from grukit.configuration import add_dataclass_arguments
-    from grukit.train import TrainConfig
+    from grukit.runconfig import add_run_arguments
 
     p = sub.add_parser(
         "compare",
-        help="reproduce Chung et al. 2014: tanh-RNN 100, LSTM 36, GRU 46 units (~20K parameters)",
-        description="Train Chung et al.'s three ~20K-parameter models (plus --variants, sized to "
-        "the GRU's parameter count) with one set of settings; print their NLL beside the paper's.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="train several variants at a matched parameter count, seeds, side by side",
+        description="Train each variant (sized to the first one's parameter count unless "
+        "given as VARIANT:UNITS) with one set of settings, over --seeds seeds; print mean and "
+        "std of the task's watched metric. With --task music (the default) and no --variants "
+        "this is Chung et al. 2014: tanh-RNN 100, LSTM 36, GRU 46 under their protocol "
+        "(packaged config chung2014), beside the paper's Table 2.",
     )
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="TOML file (or packaged config) of shared settings (music default: "
+                   "chung2014)")  # fmt: skip
     p.add_argument(
-        "--config", metavar="FILE", default=None,
-        help="TOML file (or packaged config name) of shared training settings "
-        "(default: chung2014, Chung et al.'s protocol)",
+        "--variants", default="",
+        help="comma-separated VARIANT or VARIANT:UNITS (default: the task's own list)",
     )  # fmt: skip
-    p.add_argument("--variants", default="", help="comma-separated grukit variants to add")
     p.add_argument(
-        "--lrs", default="0.0005,0.001,0.002",
-        help="learning rates to try per model; the best on validation is kept ('' = --lr)",
+        "--lrs", default=None,
+        help="learning rates to try per model; the best on validation is kept "
+        "(default: the task's list; '' = --lr)",
     )  # fmt: skip
+    p.add_argument("--seeds", type=int, default=1, help="seeds per model (mean +- std)")
     p.add_argument("--json", action="store_true", help="print one JSON object (logs go to stderr)")
     p.add_argument("--out", default="runs/compare", help="folder for the runs")
-    add_dataclass_arguments(p, TrainConfig, exclude=("variant", "hidden_size", "num_layers", "out"))
+    add_run_arguments(p, exclude=("model.variant", "model.hidden_size", "run.out", "run.seed"))
+
+
+def _run_command_parsers(sub: Any) -> None:
+    def run_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run", metavar="RUN", help="run folder")
+        p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+        p.add_argument(
+            "--device", default=None, help="cpu, cuda, cuda:N or auto (default: the run's)"
+        )
+
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split")
+    run_args(p)
+    p.add_argument("--split", default="test", choices=["train", "valid", "test", "all"])
+    p.add_argument("--data", default=None, help="evaluate on this data set instead of the run's")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("sample", help="generate from a trained music model (MIDI + PNG)")
+    run_args(p)
+    p.add_argument("--length", type=int, default=64, help="frames (quarter notes) to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits (> 0)")
+    p.add_argument(
+        "--prime", type=int, default=0, help="start from the first PRIME frames of a test sequence"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for the files (default RUN/samples)")
+
+    p = sub.add_parser("predict", help="classify every case of a data file (CSV of classes)")
+    run_args(p)
+    p.add_argument("--data", required=True, help="a .ts file or folder, or an .npz file")
+    p.add_argument("--out", default=None, help="CSV file (default RUN/predictions.csv)")
+
+    p = sub.add_parser("forecast", help="forecast the future of a series (CSV)")
+    run_args(p)
+    p.add_argument("--data", required=True, help="CSV file (or named series) to continue")
+    p.add_argument("--horizon", type=int, required=True, help="steps to forecast")
+    p.add_argument("--out", default=None, help="CSV file (default RUN/forecast.csv)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,29 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _train_parser(sub)
-
-    p = sub.add_parser("eval", help="evaluate a run's checkpoint on a split")
-    p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument("--split", default="test", choices=["train", "valid", "test", "all"])
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--data", default=None, help="evaluate on this data set instead of the run's")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the run's)")
-
-    p = sub.add_parser(
-        "sample", help="generate a piano roll from a trained music model (MIDI + PNG)"
-    )
-    p.add_argument("run", metavar="RUN", help="run folder")
-    p.add_argument("--length", type=int, default=64, help="frames (quarter notes) to generate")
-    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits")
-    p.add_argument(
-        "--prime", type=int, default=0, help="start from the first PRIME frames of a test sequence"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--out", default=None, help="folder for the files (default RUN/samples)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: the run's)")
-
+    _run_command_parsers(sub)
     _compare_parser(sub)
 
     from grukit import bench
@@ -225,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": _cmd_train,
         "eval": _cmd_eval,
         "sample": _cmd_sample,
+        "predict": _cmd_predict,
+        "forecast": _cmd_forecast,
         "compare": _cmd_compare,
         "bench": bench.run,
     }
@@ -232,6 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except GrukitError as exc:
         print(f"grukit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, read-only folder, a file where a folder should be
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"grukit {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"grukit {args.command}: error: out of memory", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"grukit {args.command}: interrupted", file=sys.stderr)

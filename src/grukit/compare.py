@@ -1,164 +1,210 @@
-"""Chung et al. 2014 on polyphonic music, reproduced: tanh-RNN, LSTM and GRU of ~20K parameters.
+"""``grukit compare``: several variants on one task at a matched parameter count, over seeds.
 
-Chung et al. (arXiv 1412.3555, sec. 4.1, Table 1) trained a tanh-RNN of 100 units, an LSTM of 36
-and a GRU of 46 (about 20K parameters each) with the same optimiser and budget, and reported the
-average negative log-likelihood per time step (Table 2). :func:`compare` trains the same three,
-plus any grukit variants (sized to the GRU's parameter count), with one shared training
-configuration, and puts the paper's numbers beside ours.
+Each model is trained with one shared configuration, once per learning rate in ``lrs`` and per
+seed; for each model the learning rate with the best mean validation value of the task's
+watched metric is kept (as Chung et al. chose each model's rate), and the mean and standard
+deviation over seeds of every split's value are reported with the time per epoch and the
+parameter count. A model given without units is sized to the reference model's parameter count
+(the task's ``gru`` if it lists one, else the first model), counting the task's head too.
+
+On the music task with no ``--variants`` this is Chung et al. 2014 (the task's
+``compare_models``, packaged config ``chung2014``), printed beside the paper's Table 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from grukit.errors import ConfigError
-from grukit.rnn import count_parameters
-from grukit.tasks import load_task
-from grukit.train import TrainConfig, Trainer
+from grukit.runconfig import RunConfig
+from grukit.tasks import get_task, load_task
+from grukit.tasks.base import Task
 from grukit.variants import ALL_VARIANTS
 
-__all__ = ["CHUNG_MODELS", "PAPER_TABLE2", "compare", "format_table", "matched_hidden_size"]
-
-#: Chung et al. 2014, Table 1 (music): (variant, units).
-CHUNG_MODELS: tuple[tuple[str, int], ...] = (("rnn_tanh", 100), ("lstm", 36), ("gru", 46))
-
-#: Chung et al. 2014, Table 2: average NLL per time step, (train, test), per data set and model.
-#: Only the JSB row has been checked against a source here (a public reproduction quoting the
-#: paper); the other rows are transcribed and await a check against the paper's PDF, which
-#: :func:`format_table` and the JSON (``paper_checked``) say.
-PAPER_TABLE2: dict[str, dict[str, tuple[float, float]]] = {
-    "nottingham": {"rnn_tanh": (3.22, 3.13), "gru": (2.79, 3.23), "lstm": (3.08, 3.20)},
-    "jsb": {"rnn_tanh": (8.82, 9.19), "gru": (6.94, 8.54), "lstm": (8.15, 8.67)},
-    "musedata": {"rnn_tanh": (5.64, 6.23), "gru": (5.06, 5.99), "lstm": (5.18, 6.23)},
-    "piano-midi": {"rnn_tanh": (5.64, 9.03), "gru": (4.93, 8.82), "lstm": (6.49, 9.03)},
-}
-
-#: Data sets whose Table 2 row has been checked against a source.
-PAPER_CHECKED = frozenset({"jsb"})
-
-_MUSIC_KEYS = 88
+__all__ = ["compare", "format_table", "matched_hidden_size", "model_parameters", "parse_models"]
 
 
-def _model_parameters(variant: str, hidden: int, num_layers: int = 1) -> int:
-    """Recurrent stack plus the 88-way linear read-out."""
-    head = hidden * _MUSIC_KEYS + _MUSIC_KEYS
-    return count_parameters(variant, _MUSIC_KEYS, hidden, num_layers) + head
+def parse_models(text: str) -> list[tuple[str, int | None]]:
+    """``"gru,mgu:40,lstm"`` -> ``[("gru", None), ("mgu", 40), ("lstm", None)]``."""
+    models: list[tuple[str, int | None]] = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        variant, _, units = item.partition(":")
+        if variant not in ALL_VARIANTS:
+            raise ConfigError(f"unknown variant {variant!r}; valid: {', '.join(ALL_VARIANTS)}")
+        try:
+            size = int(units) if units else None
+        except ValueError:
+            raise ConfigError(f"--variants: units must be an integer, got {item!r}") from None
+        if size is not None and size <= 0:
+            raise ConfigError(f"--variants: units must be positive, got {item!r}")
+        models.append((variant, size))
+    return models
 
 
-def matched_hidden_size(variant: str, target: int) -> int:
-    """The units that bring ``variant``'s music model closest to ``target`` parameters."""
-    return min(range(1, 513), key=lambda h: (abs(_model_parameters(variant, h) - target), h))
+def model_parameters(task: Task, model: Any) -> int:
+    """Parameters of ``task``'s whole model for ModelConfig ``model`` (built on the meta
+    device: nothing is allocated)."""
+    with torch.device("meta"):
+        net = task.build_model(model)
+    return sum(p.numel() for p in net.parameters())
 
 
-def identify_dataset(data: str) -> str | None:
-    """The benchmark a ``--data`` value is (by name, or a local file's sha256), else None."""
-    from grukit.data.download import REGISTRY, sha256_file
-    from grukit.tasks.music import normalise_name
+def matched_hidden_size(task: Task, model: Any, variant: str, target: int) -> int:
+    """The units that bring ``variant``'s model for ``task`` closest to ``target`` parameters."""
 
-    name = normalise_name(data) if not os.path.exists(data) else None
-    if name in PAPER_TABLE2:
-        return name
-    if os.path.isfile(data):
-        digest = sha256_file(data)
-        known = {e.sha256: e.name for e in REGISTRY.values()}
-        known["69dc4c3e52800959ac0ab3b82aa3e5f55285ce64f1705acb3e3a8ef77a5c051c"] = "jsb"  # pickle
-        return known.get(digest)
-    return None
+    def size(h: int) -> int:
+        return model_parameters(task, dataclasses.replace(model, variant=variant, hidden_size=h))
+
+    lo, hi = 1, 8192
+    while lo < hi:  # the count grows with the units: the first h whose count reaches target
+        mid = (lo + hi) // 2
+        if size(mid) < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    return min({max(1, lo - 1), lo}, key=lambda h: (abs(size(h) - target), h))
+
+
+def _base_config(config: str | None, overrides: Mapping[str, Any], log: Any) -> RunConfig:
+    from grukit.train import config_from_args
+
+    quiet = lambda s: None  # noqa: E731
+    base = config_from_args(config, overrides, announce=quiet)
+    if config is None and get_task(base.task.name).compare_config:
+        base = config_from_args(get_task(base.task.name).compare_config, overrides, announce=quiet)
+    return base
 
 
 def compare(
-    base: TrainConfig,
     *,
-    variants: Sequence[str] = (),
-    lrs: Sequence[float] = (),
+    config: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    models: Sequence[tuple[str, int | None]] | None = None,
+    lrs: Sequence[float] | None = None,
+    seeds: int = 1,
     out: str | os.PathLike[str] = "runs/compare",
     log: Callable[[str], object] = print,
 ) -> dict[str, Any]:
-    """Train Chung et al.'s three models plus ``variants`` with ``base``'s settings.
+    """Train the task's comparison models plus ``models``; see the module docstring.
 
-    Each model is trained once per learning rate in ``lrs`` (``base.lr`` if empty) and the run
-    with the best validation NLL is kept, as Chung et al. chose each model's learning rate.
-    Returns ``{"data": ..., "paper": name or None, "models": [row, ...]}``; each row has
-    ``model``, ``variant``, ``hidden_size``, ``parameters``, ``lr``, ``train_nll``,
-    ``valid_nll``, ``test_nll``, ``seconds_per_epoch``, ``best_epoch`` and the paper's
-    ``paper_train_nll`` / ``paper_test_nll`` where Table 2 has them.
+    Returns ``{"task", "data", "monitor", "mode", "paper", "paper_checked", "models": [row]}``;
+    each row has ``model``, ``variant``, ``hidden_size``, ``parameters``, ``lr``, ``seeds``,
+    ``{split}_{monitor}`` (mean) and ``{split}_{monitor}_std`` for each split,
+    ``seconds_per_epoch``, ``best_epoch``, ``runs`` and ``paper_{split}_{monitor}`` where the
+    task has published numbers.
     """
-    bad = [v for v in variants if v not in ALL_VARIANTS]
-    if bad:
-        raise ConfigError(f"unknown variant(s) {bad}; valid: {', '.join(ALL_VARIANTS)}")
+    from grukit.train import Trainer
+
+    base = _base_config(config, overrides or {}, log)
+    lrs = list(get_task(base.task.name).compare_lrs if lrs is None else lrs)
     if any(not lr > 0 for lr in lrs):
-        raise ConfigError(f"learning rates must be positive, got {list(lrs)}")
-    task = load_task(base.task, base.data, progress=base.progress)
-    paper_name = identify_dataset(base.data)
-    paper = PAPER_TABLE2.get(paper_name or "", {})
-    gru_params = _model_parameters("gru", 46)
-    models: list[tuple[str, int]] = list(CHUNG_MODELS)
-    for v in variants:
-        if all(v != m for m, _ in models):
-            models.append((v, matched_hidden_size(v, gru_params)))
+        raise ConfigError(f"learning rates must be positive, got {lrs}")
+    task = load_task(base.task, progress=base.run.progress)
+    wanted: list[tuple[str, int | None]] = list(task.compare_models)
+    for variant, units in models or ():
+        if all(variant != v for v, _ in wanted):
+            wanted.append((variant, units))
+    if not wanted:
+        raise ConfigError(f"task {task.name!r} has no default models: pass --variants")
+    reference = next(((v, u) for v, u in wanted if v == "gru"), wanted[0])
+    ref_units = reference[1] or base.model.hidden_size
+    target = model_parameters(
+        task, dataclasses.replace(base.model, variant=reference[0], hidden_size=ref_units)
+    )
+    monitor = task.monitor
+    paper = task.paper_results()
     rows = []
-    for variant, hidden in models:
-        tried = []
-        for lr in lrs or (base.lr,):
-            cfg = dataclasses.replace(
-                base, variant=variant, hidden_size=hidden, num_layers=1, lr=lr,
-                out=str(Path(out) / f"{variant}-{hidden}-lr{lr:g}"),
-            )  # fmt: skip
-            log(f"== {variant} with {hidden} units, learning rate {lr:g} ==")
-            tried.append((Trainer(cfg, task=task, log=log).fit(), lr))
-        result, lr = min(tried, key=lambda rl: rl[0]["valid"]["nll"])
-        row = {
+    for variant, units in wanted:
+        hidden = units or matched_hidden_size(task, base.model, variant, target)
+        by_lr: dict[float, list[dict[str, Any]]] = {}
+        for lr in lrs or (base.optim.lr,):
+            for seed in range(base.run.seed, base.run.seed + seeds):
+                name = f"{variant}-{hidden}-lr{lr:g}" + (f"-seed{seed}" if seeds > 1 else "")
+                cfg = base.replace(**{
+                    "model.variant": variant, "model.hidden_size": hidden, "optim.lr": lr,
+                    "run.seed": seed, "run.out": str(Path(out) / name),
+                })  # fmt: skip
+                log(f"== {variant} with {hidden} units, learning rate {lr:g}, seed {seed} ==")
+                by_lr.setdefault(lr, []).append(Trainer(cfg, task=task, log=log).fit())
+        pick = max if task.modes[monitor] == "max" else min
+        lr = pick(by_lr, key=lambda k: statistics.fmean(r["valid"][monitor] for r in by_lr[k]))
+        results = by_lr[lr]
+        row: dict[str, Any] = {
             "model": f"{variant}-{hidden}",
             "variant": variant,
             "hidden_size": hidden,
-            "parameters": result["parameters"],
+            "parameters": results[0]["parameters"],
             "lr": lr,
-            "train_nll": result["train"]["nll"],
-            "valid_nll": result["valid"]["nll"],
-            "test_nll": result["test"]["nll"],
-            "seconds_per_epoch": result["seconds_per_epoch"],
-            "best_epoch": result["best_epoch"],
-            "epochs": result["epochs"],
-            "run": result["run"],
+            "seeds": len(results),
         }
-        if variant in paper:
-            row["paper_train_nll"], row["paper_test_nll"] = paper[variant]
+        for split in ("train", "valid", "test"):
+            values = [r[split][monitor] for r in results]
+            row[f"{split}_{monitor}"] = statistics.fmean(values)
+            row[f"{split}_{monitor}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row["seconds_per_epoch"] = statistics.fmean(r["seconds_per_epoch"] for r in results)
+        row["best_epoch"] = results[0]["best_epoch"] if len(results) == 1 else statistics.fmean(
+            r["best_epoch"] for r in results
+        )  # fmt: skip
+        row["epochs"] = results[0]["epochs"]
+        row["runs"] = [r["run"] for r in results]
+        row["run"] = results[0]["run"]
+        if paper and variant in paper["rows"]:
+            for split, value in paper["rows"][variant].items():
+                row[f"paper_{split}_{monitor}"] = value
         rows.append(row)
     return {
-        "data": base.data,
-        "paper": paper_name,
-        "paper_checked": paper_name in PAPER_CHECKED,
+        "task": task.name,
+        "data": base.task.data,
+        "monitor": monitor,
+        "mode": task.modes[monitor],
+        "paper": paper["name"] if paper else None,
+        "paper_source": paper["source"] if paper else None,
+        "paper_checked": bool(paper and paper["checked"]),
         "models": rows,
     }
 
 
-def format_table(report: dict[str, Any]) -> str:
-    """A Markdown table of ``compare``'s result, with Chung et al.'s Table 2 beside ours."""
+def format_table(report: Mapping[str, Any]) -> str:
+    """A Markdown table of :func:`compare`'s result, published numbers beside ours."""
+    m = report["monitor"]
     paper = report.get("paper")
-    head = "| model | parameters | lr | train NLL | valid NLL | test NLL | s/epoch | best epoch |"
+    paper_splits = sorted(
+        {k.split("_")[1] for r in report["models"] for k in r if k.startswith("paper_")},
+        key=("train", "valid", "test").index,
+    )
+    seeds = max(r["seeds"] for r in report["models"])
+    cell = (lambda r, s: f"{r[f'{s}_{m}']:.4g} ± {r[f'{s}_{m}_std']:.2g}") if seeds > 1 else (
+        lambda r, s: f"{r[f'{s}_{m}']:.4g}"
+    )  # fmt: skip
+    head = f"| model | parameters | lr | train {m} | valid {m} | test {m} | s/epoch | best epoch |"
     rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for s in paper_splits:
+        head += f" paper {s} |"
+        rule += "---:|"
+    title = f"task: {report['task']}, data: {report['data']}"
     if paper:
-        head += " paper train | paper test |"
-        rule += "---:|---:|"
-    lines = [
-        f"data: {report['data']}" + (f" (Chung et al. 2014, Table 2: {paper})" if paper else ""),
-        "",
-        head,
-        rule,
-    ]
+        title += f" ({report.get('paper_source')}: {paper})"
+    if seeds > 1:
+        title += f"; mean ± std over {seeds} seeds"
+    lines = [title, "", head, rule]
     for r in report["models"]:
         line = (
-            f"| {r['model']} | {r['parameters']} | {r['lr']:g} | {r['train_nll']:.2f} | "
-            f"{r['valid_nll']:.2f} | "
-            f"{r['test_nll']:.2f} | {r['seconds_per_epoch']:.2f} | {r['best_epoch']} |"
+            f"| {r['model']} | {r['parameters']} | {r['lr']:g} | {cell(r, 'train')} | "
+            f"{cell(r, 'valid')} | {cell(r, 'test')} | {r['seconds_per_epoch']:.2f} | "
+            f"{r['best_epoch']:.4g} |"
         )
-        if paper:
-            pt, ps = r.get("paper_train_nll"), r.get("paper_test_nll")
-            line += f" {pt:.2f} | {ps:.2f} |" if pt is not None else " | |"
+        for s in paper_splits:
+            value = r.get(f"paper_{s}_{m}")
+            line += f" {value:.2f} |" if value is not None else " |"
         lines.append(line)
     if paper and not report.get("paper_checked", False):
         lines += ["", f"(the paper's {paper} numbers are transcribed and not yet checked)"]

@@ -1,16 +1,38 @@
-"""Models the tasks train: a recurrent stack of any grukit variant with a linear read-out."""
+"""Models the tasks train: a recurrent stack of any grukit variant with a task head.
+
+Every model is built from the ``[model]`` section (:class:`grukit.runconfig.ModelConfig`):
+``recurrent_stack`` makes the :class:`grukit.GRU` (any variant, deep, optionally
+bidirectional), and each head reads it in its own way:
+
+* :class:`SequenceModel`: a linear read-out at every step (music: next-frame logits);
+* :class:`SequenceClassifier`: one vector per sequence, the last *valid* state of each
+  direction (forward: step ``T_i``; reverse: step 1) or a mean / max over valid steps, then a
+  linear layer to class logits;
+* :class:`Forecaster`: the encoder's last state to ``horizon`` future values at once (direct
+  multi-horizon), or an autoregressive decoder that feeds each prediction back.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from grukit.rnn import GRU
 
-__all__ = ["SequenceModel"]
+__all__ = ["Forecaster", "SequenceClassifier", "SequenceModel", "recurrent_stack"]
+
+
+def recurrent_stack(input_size: int, model: Any) -> GRU:
+    """The :class:`grukit.GRU` that ``model`` (a ModelConfig) describes, time-major."""
+    return GRU(
+        input_size, model.hidden_size, model.num_layers,
+        dropout=model.dropout if model.num_layers > 1 else 0.0,
+        bidirectional=model.bidirectional, variant=model.variant, backend=model.backend,
+    )  # fmt: skip
 
 
 def _dropout_data(x: Tensor | PackedSequence, p: float, training: bool) -> Tensor | PackedSequence:
@@ -21,34 +43,25 @@ def _dropout_data(x: Tensor | PackedSequence, p: float, training: bool) -> Tenso
     return F.dropout(x, p, True)
 
 
+def _final_hidden(state: Any) -> Tensor:
+    """``h_n`` ``(layers * directions, N, H)`` of a GRU-family state or an LSTM's ``(h, c)``."""
+    return state[0] if isinstance(state, tuple) else state
+
+
 class SequenceModel(nn.Module):
-    """``x -> dropout -> GRU stack -> dropout -> Linear``: one output vector per time step.
+    """``x -> dropout -> recurrent stack -> dropout -> Linear``: one output per time step.
 
     input: ``(L, N, input_size)`` or a PackedSequence of such rows; returns logits of the same
     layout with ``output_size`` features, and the final state of the recurrent stack.
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        output_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        *,
-        variant: str = "gru",
-        dropout: float = 0.0,
-        input_dropout: float = 0.0,
-        output_dropout: float = 0.0,
-        backend: str = "auto",
-    ) -> None:
+    def __init__(self, input_size: int, output_size: int, model: Any) -> None:
         super().__init__()
-        self.rnn = GRU(
-            input_size, hidden_size, num_layers,
-            dropout=dropout if num_layers > 1 else 0.0, variant=variant, backend=backend,
-        )  # fmt: skip
-        self.head = nn.Linear(hidden_size, output_size)
-        self.input_dropout = input_dropout
-        self.output_dropout = output_dropout
+        self.rnn = recurrent_stack(input_size, model)
+        directions = 2 if model.bidirectional else 1
+        self.head = nn.Linear(model.hidden_size * directions, output_size)
+        self.input_dropout = model.input_dropout
+        self.output_dropout = model.output_dropout
 
     def forward(self, x: Tensor | PackedSequence, state: Any = None) -> tuple[Any, Any]:
         x = _dropout_data(x, self.input_dropout, self.training)
@@ -62,3 +75,90 @@ class SequenceModel(nn.Module):
         """One time step for generation: x ``(N, input_size)`` -> logits ``(N, output_size)``."""
         out, state = self.rnn.step(x, state)
         return self.head(out), state
+
+
+POOLINGS = ("last", "mean", "max")
+
+
+class SequenceClassifier(nn.Module):
+    """A packed batch of sequences -> class logits ``(N, num_classes)``.
+
+    ``pooling="last"`` reads ``h_n`` of the top layer: for the forward direction the state after
+    each sequence's last valid step, for the reverse direction the state after step 1 (which has
+    read the whole sequence backwards); ``"mean"`` / ``"max"`` pool the top layer's outputs over
+    each sequence's valid steps only (padding never counts).
+    """
+
+    def __init__(self, input_size: int, num_classes: int, model: Any, pooling: str = "last"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.rnn = recurrent_stack(input_size, model)
+        self.directions = 2 if model.bidirectional else 1
+        self.pooling = pooling
+        self.input_dropout = model.input_dropout
+        self.output_dropout = model.output_dropout
+        self.head = nn.Linear(model.hidden_size * self.directions, num_classes)
+
+    def features(self, x: PackedSequence) -> Tensor:
+        """The pooled vector of each sequence, ``(N, directions * hidden)``, in input order."""
+        x = _dropout_data(x, self.input_dropout, self.training)
+        out, state = self.rnn(x)
+        if self.pooling == "last":
+            h = _final_hidden(state)[-self.directions :]  # top layer: (D, N, H), input order
+            return torch.cat(list(h), dim=-1)
+        padded, lengths = pad_packed_sequence(out)  # (T, N, D*H), sorted order undone
+        steps = torch.arange(padded.shape[0], device=padded.device)[:, None]
+        valid = (steps < lengths.to(padded.device)[None, :]).unsqueeze(-1)  # (T, N, 1)
+        if self.pooling == "mean":
+            return (padded * valid).sum(0) / lengths.to(padded)[:, None]
+        return padded.masked_fill(~valid, float("-inf")).amax(0)
+
+    def forward(self, x: PackedSequence) -> Tensor:
+        z = _dropout_data(self.features(x), self.output_dropout, self.training)
+        return self.head(z)
+
+
+class Forecaster(nn.Module):
+    """Windows ``(W, N, inputs)`` -> forecasts ``(N, horizon, targets)`` (scaled units).
+
+    ``decoder="direct"``: ``Linear(h_W) -> horizon * targets`` at once. ``"autoregressive"``:
+    the encoder's state is carried on step by step, each step's input being the previous
+    prediction (needs the inputs to be the targets only: no covariates).
+    """
+
+    def __init__(
+        self, inputs: int, targets: int, horizon: int, model: Any, decoder: str = "direct"
+    ) -> None:
+        super().__init__()
+        if decoder not in ("direct", "autoregressive"):
+            raise ValueError(f"decoder must be direct or autoregressive, got {decoder!r}")
+        if decoder == "autoregressive" and inputs != targets:
+            raise ValueError("the autoregressive decoder feeds predictions back: no covariates")
+        if model.bidirectional and decoder == "autoregressive":
+            raise ValueError("the autoregressive decoder needs a unidirectional encoder")
+        self.rnn = recurrent_stack(inputs, model)
+        self.directions = 2 if model.bidirectional else 1
+        self.horizon, self.targets, self.decoder = horizon, targets, decoder
+        self.input_dropout = model.input_dropout
+        self.output_dropout = model.output_dropout
+        width = model.hidden_size * self.directions
+        out = horizon * targets if decoder == "direct" else targets
+        self.head = nn.Linear(width, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        last = x[-1, :, : self.targets]  # the latest observed targets: the head predicts a change
+        x = _dropout_data(x, self.input_dropout, self.training)
+        _, state = self.rnn(x)
+        h = torch.cat(list(_final_hidden(state)[-self.directions :]), dim=-1)
+        if self.decoder == "direct":
+            h = _dropout_data(h, self.output_dropout, self.training)
+            delta = self.head(h).view(-1, self.horizon, self.targets)
+            return last[:, None, :] + delta
+        outputs, y = [], last
+        out = h
+        for _ in range(self.horizon):
+            y = y + self.head(_dropout_data(out, self.output_dropout, self.training))
+            outputs.append(y)
+            out, state = self.rnn.step(y, state)
+        return torch.stack(outputs, dim=1)

@@ -11,37 +11,56 @@ __all__ = ["plot_curves"]
 
 
 def plot_curves(
-    history: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, metric: str = "nll"
+    history: Sequence[dict[str, Any]],
+    path: str | os.PathLike[str],
+    *,
+    metric: str,
+    mode: str = "min",
 ) -> None:
-    """Train loss and validation ``metric`` per epoch, written atomically to ``path``."""
+    """Train loss and validation ``metric`` per epoch, written atomically to ``path``.
+
+    When ``metric`` is on the loss's scale (lower is better) both share one axis; a metric where
+    higher is better (accuracy) gets its own axis on the right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from grukit.checkpoint import atomic_write_bytes
+    from grukit.io import atomic_write_bytes
 
     epochs = [h["epoch"] for h in history]
     train = [h["train_loss"] for h in history]
     valid = [h[f"valid_{metric}"] for h in history]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    ax.plot(epochs, train, label=f"train {metric} (with dropout / weight noise)")
-    ax.plot(epochs, valid, label=f"valid {metric}")
+    ax.plot(epochs, train, label="train loss (with dropout / weight noise)")
+    other = ax
+    if mode == "max":
+        other = ax.twinx()
+        other.set_ylabel(f"valid {metric}")
+        ax.set_ylabel("train loss")
+    else:
+        ax.set_ylabel(f"train loss, valid {metric}")
+    other.plot(epochs, valid, color="tab:orange", label=f"valid {metric}")
     if history:
-        best = min(history, key=lambda h: h[f"valid_{metric}"])
+        pick = max if mode == "max" else min
+        best = pick(history, key=lambda h: h[f"valid_{metric}"])
         ax.axvline(best["epoch"], color="grey", linestyle=":", label=f"best epoch {best['epoch']}")
-        # the first epochs' losses are far above the rest: show where the run converges
-        later = (
-            (train + valid)
-            if len(history) < 5
-            else train[len(train) // 10 :] + valid[len(valid) // 10 :]
-        )
-        low, high = min(train + valid), max(later)
-        ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low) + 1e-9)
+        if mode != "max":
+            # the first epochs' losses are far above the rest: show where the run converges
+            later = (
+                (train + valid)
+                if len(history) < 5
+                else train[len(train) // 10 :] + valid[len(valid) // 10 :]
+            )
+            low, high = min(train + valid), max(later)
+            ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low) + 1e-9)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{metric} per frame")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles = ax.get_legend_handles_labels()
+    if other is not ax:
+        extra = other.get_legend_handles_labels()
+        handles = (handles[0] + extra[0], handles[1] + extra[1])
+    ax.legend(*handles)
     fig.tight_layout()
     from io import BytesIO
 

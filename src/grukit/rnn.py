@@ -42,6 +42,11 @@ def count_parameters(
     (:meth:`grukit.variants.Variant.count_parameters`); layers above the first read ``m = D*n``.
     """
     check_variant_name(variant, owner="count_parameters")
+    for name, value in (
+        ("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)
+    ):  # fmt: skip
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"count_parameters: {name} must be a positive integer, got {value!r}")
     D = 2 if bidirectional else 1
     total = 0
     for layer in range(num_layers):

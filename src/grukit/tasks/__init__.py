@@ -1,23 +1,49 @@
-"""Tasks: a data set, the model that fits it, and its metric, one module each.
+"""Tasks: a data set, the model that fits it, its loss and metrics, one module each.
 
-A task provides ``input_size``/``output_size``, ``build_model(...)``, ``batches(split, ...)``,
-``loss(model, batch) -> (summed loss, count)``, ``frames(split)`` and a ``metric`` name; the
-trainer (:mod:`grukit.train`) needs nothing else.
+The contract is :class:`grukit.tasks.base.Task`. Adding a task means writing its module and one
+line in :data:`REGISTRY` (``name: "module:Class"``, imported on first use).
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from grukit.errors import ConfigError
+from grukit.tasks.base import Task, TaskConfig
 
-TASKS = ("music",)
+__all__ = ["REGISTRY", "TASKS", "Task", "TaskConfig", "get_task", "load_task"]
+
+#: Task name -> ``module:class`` of its :class:`Task`.
+REGISTRY: dict[str, str] = {
+    "music": "grukit.tasks.music.task:MusicTask",
+    "classify": "grukit.tasks.classify.task:ClassifyTask",
+    "forecast": "grukit.tasks.forecast.task:ForecastTask",
+}
+
+TASKS: tuple[str, ...] = tuple(REGISTRY)
 
 
-def load_task(name: str, data: str, *, progress: bool = True) -> Any:
-    """The task ``name`` on data set ``data`` (a named data set or a local path)."""
-    if name == "music":
-        from grukit.tasks.music.task import MusicTask
+def get_task(name: str) -> type[Task]:
+    """The :class:`Task` class registered as ``name``."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown task {name!r}; valid tasks are: {', '.join(TASKS)}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
-        return MusicTask.from_spec(data, progress=progress)
-    raise ConfigError(f"unknown task {name!r}; valid tasks are: {', '.join(TASKS)}")
+
+def load_task(
+    config: TaskConfig | str,
+    data: str | None = None,
+    *,
+    progress: bool = True,
+    state: Mapping[str, Any] | None = None,
+) -> Task:
+    """The task a ``[task]`` config describes (or ``load_task("music", "jsb")``), data loaded."""
+    if isinstance(config, str):
+        cls = get_task(config)
+        config = cls.Config(name=config, **({"data": data} if data is not None else {}))
+    else:
+        cls = get_task(config.name)
+    return cls.load(config, progress=progress, state=state)

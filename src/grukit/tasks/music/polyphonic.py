@@ -25,6 +25,7 @@ import importlib
 import io
 import os
 import pickle
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,83 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise DataError(f"refusing persistent id {pid!r} in {self.source}: not a plain data file")
 
 
+MAX_PICKLE_BYTES = 512 << 20
+"""A pickled data set may hold at most this many bytes."""
+MIN_FRAME_LIMIT = 200_000
+MIN_NOTE_LIMIT = 2_000_000
+BYTES_PER_FRAME = 4
+"""A pickle may expand to at most one frame per this many bytes (beyond the minimum limits):
+real ones spend far more (JSB Chorales: ~89 bytes a frame, ~23 a note), but memo references
+let a few bytes stand for a whole shared sequence or frame (a "pickle bomb")."""
+BYTES_PER_NOTE = 1
+
+
+def expansion_limits(nbytes: int) -> tuple[int, int]:
+    """``(frames, notes)``: the most a pickle of ``nbytes`` bytes may expand to."""
+    return (
+        max(MIN_FRAME_LIMIT, nbytes // BYTES_PER_FRAME),
+        max(MIN_NOTE_LIMIT, nbytes // BYTES_PER_NOTE),
+    )
+
+
+def _sized(value: Any) -> bool:
+    return isinstance(value, (list, tuple, set, frozenset))
+
+
+def _check_expansion(obj: Any, nbytes: int, source: str) -> None:
+    """Refuse an unpickled data set that would expand past :func:`expansion_limits` into piano
+    rolls, counting lengths only (shared sequences are counted once per use, walked once)."""
+    max_frames, max_notes = expansion_limits(nbytes)
+    if not isinstance(obj, dict):
+        return
+    splits = [v for v in obj.values() if isinstance(v, (list, tuple))]
+    frames = 0
+    for seqs in splits:
+        for seq in seqs:
+            if isinstance(seq, (list, tuple)):
+                frames += len(seq)
+        if frames > max_frames:
+            raise DataError(
+                f"{source} expands to more than {max_frames} frames from {nbytes} bytes "
+                "(a pickle bomb?); refusing to build its piano rolls"
+            )
+    notes_of: dict[int, int] = {}  # id(sequence) -> notes in it
+    notes = 0
+    for seqs in splits:
+        for seq in seqs:
+            if not isinstance(seq, (list, tuple)):
+                continue
+            key = id(seq)
+            if key not in notes_of:
+                notes_of[key] = sum(len(f) for f in seq if _sized(f))
+            notes += notes_of[key]
+            if notes > max_notes:
+                raise DataError(
+                    f"{source} expands to more than {max_notes} notes from {nbytes} bytes "
+                    "(a pickle bomb?); refusing to build its piano rolls"
+                )
+
+
+def _read_pickle_bytes(path: Path) -> bytes:
+    """The bytes of a pickle file: a regular file of at most :data:`MAX_PICKLE_BYTES`."""
+    try:
+        st = path.stat()
+    except OSError:
+        return _read_bytes(path)  # says what is wrong
+    if stat.S_ISDIR(st.st_mode):
+        return _read_bytes(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path} is not a regular file (a FIFO or device?); expected a data file")
+    if st.st_size > MAX_PICKLE_BYTES:
+        raise DataError(
+            f"{path} has {st.st_size} bytes, expected a pickle of at most {MAX_PICKLE_BYTES}"
+        )
+    data = _read_bytes(path)
+    if len(data) > MAX_PICKLE_BYTES:
+        raise DataError(f"{path} grew past {MAX_PICKLE_BYTES} bytes while being read")
+    return data
+
+
 def _unpickle(data: bytes, source: str) -> Any:
     try:
         return RestrictedUnpickler(io.BytesIO(data), source=source).load()
@@ -143,11 +221,15 @@ def _read_bytes(path: Path) -> bytes:
 def load_pickle(path: str | os.PathLike[str], *, name: str | None = None) -> PianoRollDataset:
     """Read a pickled ``{'train','valid','test'}`` -> sequences -> frames -> pitches dict.
 
-    Uses :class:`RestrictedUnpickler`; every pitch is checked (integer, 21..108), every
-    sequence must have >= 1 frame. Raises DataError naming file, split, sequence and frame.
+    Uses :class:`RestrictedUnpickler`; the file may hold at most :data:`MAX_PICKLE_BYTES` and
+    expand to at most :func:`expansion_limits` frames and notes; every pitch is checked
+    (integer, 21..108), every sequence must have >= 1 frame. Raises DataError naming file,
+    split, sequence and frame.
     """
     path = Path(path)
-    obj = _unpickle(_read_bytes(path), path.name)
+    data = _read_pickle_bytes(path)
+    obj = _unpickle(data, path.name)
+    _check_expansion(obj, len(data), path.name)  # before any piano roll is allocated
     if not isinstance(obj, dict):
         raise DataError(
             f"{path.name}: expected a dict with keys 'train', 'valid', 'test', "

@@ -9,39 +9,70 @@ sum over the 88 keys of the Bernoulli NLL, averaged over every predicted frame o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
-from grukit.errors import DataError
+from grukit.errors import ConfigError, DataError
 from grukit.models import SequenceModel
+from grukit.tasks.base import Task, TaskConfig, opt
+from grukit.tasks.music.chung2014 import CHUNG_MODELS, PAPER_CHECKED, PAPER_TABLE2, identify_dataset
 from grukit.tasks.music.pianoroll import NUM_KEYS, PianoRollDataset
 from grukit.tasks.music.polyphonic import load_polyphonic
 
-__all__ = ["MusicBatch", "MusicTask"]
+__all__ = ["MusicBatch", "MusicConfig", "MusicTask"]
+
+
+@dataclass
+class MusicConfig(TaskConfig):
+    """``[task]`` of the music task."""
+
+    name: str = opt("music", "task: music (polyphonic next-frame prediction)")
+    data: str = opt(
+        "bach", "data set: bach (embedded), jsb, nottingham, musedata, piano-midi, or a path"
+    )
+    sample_length: int = opt(64, "frames of the sample drawn at the end of training (0: none)")
+
+    resumable: ClassVar[frozenset[str]] = frozenset({"sample_length"})
+
+    def validate(self) -> None:
+        if not 0 <= self.sample_length <= 100_000:
+            raise ConfigError(
+                f"task.sample_length must be in [0, 100000], got {self.sample_length}"
+            )
 
 
 @dataclass
 class MusicBatch:
     inputs: PackedSequence  # frames 1..T-1 of each sequence
     targets: PackedSequence  # frames 2..T, packed in the same order
-    sequences: int
+    items: int  # sequences
     frames: int  # predicted frames
 
 
-class MusicTask:
+class MusicTask(Task):
     """Next-frame prediction on a :class:`PianoRollDataset` (see the module docstring)."""
 
     name = "music"
-    metric = "nll"
+    Config = MusicConfig
+    monitor = "nll"
+    modes = {"nll": "min"}
+    headline = ("nll",)
+    unit = "seq"
+    compare_models = CHUNG_MODELS
+    compare_config = "chung2014"
+    compare_lrs = (0.0005, 0.001, 0.002)
     input_size = NUM_KEYS
     output_size = NUM_KEYS
 
-    def __init__(self, dataset: PianoRollDataset) -> None:
+    def __init__(self, dataset: PianoRollDataset, config: MusicConfig | None = None) -> None:
+        self.config = config or MusicConfig(data=dataset.name)
         self.dataset = dataset
         self._tensors: dict[str, list[Tensor]] = {}
         for split in ("train", "valid", "test"):
@@ -57,8 +88,11 @@ class MusicTask:
                 )
 
     @classmethod
-    def from_spec(cls, data: str, *, progress: bool = True) -> MusicTask:
-        return cls(load_polyphonic(data, progress=progress))
+    def load(
+        cls, config: TaskConfig, *, progress: bool = True, state: Mapping[str, Any] | None = None
+    ) -> MusicTask:
+        assert isinstance(config, MusicConfig)
+        return cls(load_polyphonic(config.data, progress=progress), config)
 
     def describe(self) -> str:
         parts = [
@@ -67,7 +101,7 @@ class MusicTask:
         ]
         return f"{self.dataset.name}: " + ", ".join(parts)
 
-    def sequences(self, split: str) -> int:
+    def size(self, split: str) -> int:
         return len(self._tensors[split])
 
     def sequence(self, split: str, index: int) -> Tensor:
@@ -77,22 +111,13 @@ class MusicTask:
     def frames(self, split: str) -> int:
         return sum(s.shape[0] - 1 for s in self._tensors[split])
 
-    def build_model(
-        self,
-        hidden_size: int,
-        num_layers: int,
-        variant: str,
-        *,
-        dropout: float = 0.0,
-        input_dropout: float = 0.0,
-        output_dropout: float = 0.0,
-        backend: str = "auto",
-    ) -> nn.Module:
-        return SequenceModel(
-            self.input_size, self.output_size, hidden_size, num_layers, variant=variant,
-            dropout=dropout, input_dropout=input_dropout, output_dropout=output_dropout,
-            backend=backend,
-        )  # fmt: skip
+    def build_model(self, model: Any) -> nn.Module:
+        if model.bidirectional:
+            raise ConfigError(
+                "the music task predicts the next frame from the past only: "
+                "model.bidirectional must be false"
+            )
+        return SequenceModel(self.input_size, self.output_size, model)
 
     def batches(
         self,
@@ -115,7 +140,7 @@ class MusicTask:
             yield MusicBatch(
                 inputs=pack_sequence([s[:-1] for s in chunk]),
                 targets=pack_sequence([s[1:] for s in chunk]),
-                sequences=len(chunk),
+                items=len(chunk),
                 frames=sum(s.shape[0] - 1 for s in chunk),
             )
 
@@ -127,6 +152,57 @@ class MusicTask:
             logits.data, batch.targets.data.to(device), reduction="sum"
         )
         return nll, batch.frames
+
+    def metrics(self, sums: Mapping[str, Any], split: str) -> dict[str, Any]:
+        """``nll``: summed Bernoulli NLL per predicted frame; ``frames``: their number."""
+        return {"nll": sums["loss"] / sums["count"], "frames": sums["count"]}
+
+    def paper_results(self) -> dict[str, Any] | None:
+        """Chung et al. 2014, Table 2, when the data set is one of its four benchmarks."""
+        name = identify_dataset(self.config.data)
+        if name is None:
+            return None
+        rows = {v: {"train": tr, "test": te} for v, (tr, te) in PAPER_TABLE2[name].items()}
+        return {
+            "name": name, "source": "Chung et al. 2014, Table 2",
+            "checked": name in PAPER_CHECKED, "rows": rows,
+        }  # fmt: skip
+
+    def report(
+        self, model: nn.Module, run_dir: Path, result: Mapping[str, Any], *, log: Any = print
+    ) -> dict[str, str]:
+        """A sample of ``sample_length`` frames (MIDI and piano-roll PNG) in ``samples/``."""
+        if self.config.sample_length <= 0:
+            return {}
+        midi, png = self.write_sample(
+            model, run_dir / "samples", self.config.sample_length, seed=result.get("seed", 0)
+        )
+        return {"sample": f"{midi}  (piano roll {png})"}
+
+    def write_sample(
+        self,
+        model: nn.Module,
+        folder: Path,
+        length: int,
+        *,
+        temperature: float = 1.0,
+        seed: int = 0,
+        prime: int = 0,
+    ) -> tuple[Path, Path]:
+        """Sample ``length`` frames into ``folder/sample-seed<seed>.{mid,png}``."""
+        from grukit.tasks.music.midi import plot_piano_roll, write_midi
+
+        g = torch.Generator().manual_seed(seed)
+        primer = self.sequence("test", 0)[:prime] if prime > 0 else None
+        roll = self.sample(model, length, prime=primer, temperature=temperature, generator=g)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"sample-seed{seed}"
+        midi, png = folder / f"{stem}.mid", folder / f"{stem}.png"
+        write_midi(roll.numpy(), midi)
+        plot_piano_roll(
+            roll.numpy(), png, title=f"sampled, {length} quarter notes, temperature {temperature}"
+        )
+        return midi, png
 
     @torch.no_grad()
     def sample(

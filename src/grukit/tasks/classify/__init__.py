@@ -1,0 +1,1 @@
+"""Sequence classification: UEA/UCR ``.ts`` and ``.npz`` data, the classifier task, metrics."""

@@ -1,0 +1,1 @@
+"""Time-series forecasting: CSV and classic series, leak-free windows, baselines, metrics."""
