@@ -521,7 +521,7 @@ def window_origins(
         )
     a, b = split.span(which)
     lo = window if which == "train" else max(a, window)
-    hi = b - horizon + 1
+    hi = b - horizon
     if hi < lo:
         return np.zeros(0, dtype=np.int64)
     return np.arange(lo, hi + 1, stride, dtype=np.int64)
