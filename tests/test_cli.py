@@ -300,7 +300,7 @@ def test_sample_writes_a_midi_file_of_the_asked_length(trained, tmp_path: Path, 
 def test_sample_of_a_missing_run_is_one_line(tmp_path: Path, capsys) -> None:
     status, out, err = call(capsys, "sample", tmp_path / "nothing", "--length", 4)
     assert status == 2
-    assert_one_line_error(err, "sample", "not a grukit run folder")
+    assert_one_line_error(err, "sample", "expected a run folder")
 
 
 # ---------------------------------------------------------------------------- compare
@@ -370,7 +370,7 @@ def test_the_console_script(tmp_path: Path) -> None:
         [exe, "eval", tmp_path / "nothing"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2
-    assert_one_line_error(proc.stderr, "eval", "not a grukit run folder")
+    assert_one_line_error(proc.stderr, "eval", "expected a run folder")
 
 
 def test_no_command_is_a_usage_error(capsys) -> None:

@@ -11,6 +11,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_python_examples_run(capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
     assert blocks, "README.md has no ```python example"
+    outputs = []
     for code in blocks:
         exec(compile(code, str(README), "exec"), {})
-    assert capsys.readouterr().out.strip() in ("fused", "reference")
+        outputs.append(capsys.readouterr().out.strip())
+    assert outputs[0] in ("fused", "reference"), outputs[0]

@@ -206,9 +206,12 @@ def test_resume_with_only_a_half_written_save_fails_in_one_line(
     shutil.rmtree(checkpoints / "last")
     (checkpoints / "last.tmp-0badc0de").mkdir()
     (checkpoints / "last.tmp-0badc0de" / "meta.json").write_text('{"form')
-    with pytest.raises(CheckpointError, match="incomplete"):
+    with pytest.raises(CheckpointError, match="no complete checkpoints/last"):
         Trainer.resume(run, log=lambda s: None)
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("grukit train: error: ") and len(err.strip().splitlines()) == 1, err
     assert "last.tmp-0badc0de" in err
+    # the finished run's results are not wiped by a fresh start either: it says so too
+    assert main(["train", "--data", str(tiny_pickle), "--out", str(run), "--no-progress"]) == 2
+    assert (run / "final.json").exists()

@@ -47,6 +47,7 @@ __all__ = [
     "config_from_toml",
     "config_to_dict",
     "overrides_from_namespace",
+    "read_toml_document",
     "save_config_toml",
     "to_toml",
 ]
@@ -248,13 +249,8 @@ def _instantiate(cls: type[T], values: Mapping[str, object], source: str) -> T:
     return instance
 
 
-def config_from_toml(cls: type, path: str | Path, *, table: str | None = None) -> dict[str, Any]:
-    """Read and type-check the keys of a TOML file for dataclass ``cls``; return them as a dict.
-
-    Keys live at the top level, or all inside a single table (any name) when the file holds
-    nothing else; ``table`` selects a table by name instead. Only the keys present in the file
-    are returned (defaults are not filled in).
-    """
+def read_toml_document(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML file at ``path``; every failure is a one-sentence ConfigError."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
@@ -269,6 +265,18 @@ def config_from_toml(cls: type, path: str | Path, *, table: str | None = None) -
         raise ConfigError(f"{path}: invalid TOML: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return document
+
+
+def config_from_toml(cls: type, path: str | Path, *, table: str | None = None) -> dict[str, Any]:
+    """Read and type-check the keys of a TOML file for dataclass ``cls``; return them as a dict.
+
+    Keys live at the top level, or all inside a single table (any name) when the file holds
+    nothing else; ``table`` selects a table by name instead. Only the keys present in the file
+    are returned (defaults are not filled in).
+    """
+    path = Path(path)
+    document = read_toml_document(path)
 
     source = str(path)
     if table is not None:

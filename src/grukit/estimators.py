@@ -27,6 +27,14 @@ from grukit.errors import DataError
 __all__ = ["GRUClassifier", "GRUForecaster"]
 
 
+def _store(estimator: Any, arguments: dict[str, Any]) -> None:
+    """Keep every constructor argument as an attribute of the same name, unchanged (the
+    scikit-learn rule that makes ``get_params`` and ``clone`` work)."""
+    for name, value in arguments.items():
+        if name not in ("self", "__class__"):
+            setattr(estimator, name, value)
+
+
 class _Params:
     """``get_params`` / ``set_params`` from the constructor's signature (sklearn's rule)."""
 
@@ -153,12 +161,7 @@ class GRUClassifier(_Params):
         out: str | None = None,
         verbose: bool = False,
     ) -> None:
-        self.variant, self.hidden_size, self.num_layers = variant, hidden_size, num_layers
-        self.bidirectional, self.pooling, self.dropout = bidirectional, pooling, dropout
-        self.lr, self.batch_size, self.epochs, self.patience = lr, batch_size, epochs, patience
-        self.valid_fraction, self.class_weights = valid_fraction, class_weights
-        self.standardise, self.seed, self.backend, self.device = standardise, seed, backend, device
-        self.out, self.verbose = out, verbose
+        _store(self, locals())
 
     def fit(self, X: Any, y: Any, lengths: Sequence[int] | None = None) -> GRUClassifier:
         from grukit.tasks.classify.data import ClassificationData, SequenceSet
@@ -231,14 +234,7 @@ class GRUForecaster(_Params):
         out: str | None = None,
         verbose: bool = False,
     ) -> None:
-        self.window, self.horizon, self.season = window, horizon, season
-        self.variant, self.hidden_size, self.num_layers = variant, hidden_size, num_layers
-        self.bidirectional, self.dropout, self.decoder = bidirectional, dropout, decoder
-        self.lr, self.batch_size, self.epochs, self.patience = lr, batch_size, epochs, patience
-        self.valid_fraction, self.seed, self.backend, self.device = (
-            valid_fraction, seed, backend, device,
-        )  # fmt: skip
-        self.out, self.verbose = out, verbose
+        _store(self, locals())
 
     def _series(self, y: Any, X: Any) -> Any:
         from grukit.tasks.forecast.data import Series

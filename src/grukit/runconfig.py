@@ -380,21 +380,7 @@ def _defaults(task_name: str) -> dict[str, Any]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        with path.open("rb") as fh:
-            document = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: configuration file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, expected a TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: not UTF-8 text ({exc.reason})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    document = C.read_toml_document(path)
     if set(document) == {"train"} and isinstance(document["train"], dict):
         document = document["train"]  # grukit 0.1 allowed all keys in one table
     flat = _flatten(document, str(path))

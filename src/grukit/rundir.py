@@ -318,6 +318,15 @@ def _resumable(run: Path, *, apply: bool) -> None:
     if last == "broken":
         raise RunFolderError(str(info))
     if last == "absent":
+        leftovers = ", ".join(p.name for p in _temporaries(run)) or "none"
+        try:
+            _fresh(run, apply=False)
+        except RunFolderError:  # results or later epochs exist: a fresh start may not wipe them
+            raise RunFolderError(
+                f"{run} has no complete checkpoints/last to resume (incomplete saves left: "
+                f"{leftovers}) and holds results a fresh start would replace; copy out what "
+                "you need and train into another --out"
+            ) from None
         raise RunFolderError(
             f"{run} has no complete checkpoint to resume (it was stopped during its first "
             f"epoch); start it afresh with `grukit train --out {run}` and the same settings"
