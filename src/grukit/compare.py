@@ -74,7 +74,7 @@ def matched_hidden_size(task: Task, model: Any, variant: str, target: int) -> in
     return min({max(1, lo - 1), lo}, key=lambda h: (abs(size(h) - target), h))
 
 
-def _base_config(config: str | None, overrides: Mapping[str, Any], log: Any) -> RunConfig:
+def _base_config(config: str | None, overrides: Mapping[str, Any]) -> RunConfig:
     from grukit.train import config_from_args
 
     quiet = lambda s: None  # noqa: E731
@@ -104,7 +104,7 @@ def compare(
     """
     from grukit.train import Trainer
 
-    base = _base_config(config, overrides or {}, log)
+    base = _base_config(config, overrides or {})
     lrs = list(get_task(base.task.name).compare_lrs if lrs is None else lrs)
     if any(not lr > 0 for lr in lrs):
         raise ConfigError(f"learning rates must be positive, got {lrs}")

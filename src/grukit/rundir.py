@@ -80,10 +80,15 @@ KNOWN_NAMES = frozenset(
         "samples",
         "confusion.png",
         "forecast.png",
+        "predictions.csv",
+        "forecast.csv",
     }
 )
 """Entries grukit writes at the top of a run folder (besides its ``.grukit-*`` files)."""
-RESULT_NAMES = ("final.json", "curves.png", "samples", "confusion.png", "forecast.png")
+RESULT_NAMES = (
+    "final.json", "curves.png", "samples", "confusion.png", "forecast.png", "predictions.csv",
+    "forecast.csv",
+)  # fmt: skip
 _ATOMIC_TMP = re.compile(r"^\.(?P<name>.+)\.tmp-[0-9a-f]{8}$")  # left by atomic_write_*
 _CKPT_TMP = re.compile(r"^(?:last|best)\.(?:tmp|old)-[0-9a-f]{8}$")  # left by save_checkpoint
 _CKPT_NAMES = ("last", "best")
