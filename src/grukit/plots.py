@@ -16,11 +16,13 @@ def plot_curves(
     *,
     metric: str,
     mode: str = "min",
+    best_epoch: int | None = None,
 ) -> None:
     """Train loss and validation ``metric`` per epoch, written atomically to ``path``.
 
     When ``metric`` is on the loss's scale (lower is better) both share one axis; a metric where
-    higher is better (accuracy) gets its own axis on the right."""
+    higher is better (accuracy) gets its own axis on the right. ``best_epoch`` marks the kept
+    checkpoint (default: the epoch of the best validation value)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,8 +45,9 @@ def plot_curves(
     other.plot(epochs, valid, color="tab:orange", label=f"valid {metric}")
     if history:
         pick = max if mode == "max" else min
-        best = pick(history, key=lambda h: h[f"valid_{metric}"])
-        ax.axvline(best["epoch"], color="grey", linestyle=":", label=f"best epoch {best['epoch']}")
+        if best_epoch is None:
+            best_epoch = pick(history, key=lambda h: h[f"valid_{metric}"])["epoch"]
+        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
         if mode != "max":
             # the first epochs' losses are far above the rest: show where the run converges
             later = (

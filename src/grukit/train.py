@@ -426,7 +426,7 @@ class Trainer:
 
             plot_curves(
                 self.history, self.run_dir / "curves.png", metric=self.task.monitor,
-                mode=self.task.modes[self.task.monitor],
+                mode=self.task.modes[self.task.monitor], best_epoch=self.best_epoch,
             )  # fmt: skip
             reports["curves"] = str(self.run_dir / "curves.png")
         except Exception as exc:  # a plot must never cost a finished run
