@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import assert_one_line_error
 
 from grukit.checkpoint import read_meta
 from grukit.cli import main
@@ -47,15 +48,6 @@ def run_process(*argv: Any, timeout: float = 120) -> subprocess.CompletedProcess
         text=True,
         timeout=timeout,
     )
-
-
-def assert_one_line_error(err: str, command: str, *words: str) -> None:
-    assert "Traceback" not in err, f"a traceback instead of a one-line error:\n{err}"
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
-    assert lines[0].startswith(f"grukit {command}: error: "), lines[0]
-    for word in words:
-        assert word in lines[0], f"{word!r} missing from: {lines[0]}"
 
 
 def final(run: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import assert_one_line_error
 
 import grukit
 from grukit.cli import main
@@ -46,16 +47,6 @@ def run_process(*argv: Any, timeout: float = 120, script: Path | None = None, **
     return subprocess.run(
         [*command, *(str(a) for a in argv)], capture_output=True, text=True, timeout=timeout, **kw
     )
-
-
-def assert_one_line_error(err: str, command: str, *words: str) -> str:
-    assert "Traceback" not in err, f"a traceback instead of a one-line error:\n{err}"
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
-    assert lines[0].startswith(f"grukit {command}: error: "), lines[0]
-    for word in words:
-        assert word in lines[0], f"{word!r} missing from: {lines[0]}"
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, Any]:
