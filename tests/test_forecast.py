@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from grukit.tasks.forecast.data import Series
 
 from grukit.cli import main
 from grukit.runconfig import make_config
+from grukit.tasks.forecast.data import Series
 from grukit.tasks.forecast.task import ForecastConfig, ForecastTask
 from grukit.train import Trainer
 
