@@ -63,14 +63,14 @@ class _Params:
         shown = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults.get(k)]
         return f"{type(self).__name__}({', '.join(shown)})"
 
-    def _config(self, task: str, options: dict[str, Any], out: str) -> Any:
+    def _config(self, task: str, options: dict[str, Any]) -> Any:
         from grukit.runconfig import make_config
 
         return make_config(
             task=task, variant=self.variant, hidden_size=self.hidden_size,
             num_layers=self.num_layers, bidirectional=self.bidirectional, dropout=self.dropout,
             backend=self.backend, lr=self.lr, batch_size=self.batch_size, epochs=self.epochs,
-            patience=self.patience, seed=self.seed, device=self.device, out=out,
+            patience=self.patience, seed=self.seed, device=self.device,
             progress=False, **options,
         )  # fmt: skip
 
@@ -185,7 +185,6 @@ class GRUClassifier(_Params):
             {"pooling": self.pooling, "valid_fraction": self.valid_fraction,
              "split_seed": self.seed, "class_weights": self.class_weights,
              "standardise": self.standardise},
-            out="",
         )  # fmt: skip
         return self._train(config, ClassifyTask(data, config.task))
 
@@ -267,7 +266,6 @@ class GRUForecaster(_Params):
             {"window": self.window, "horizon": self.horizon, "season": self.season,
              "decoder": self.decoder, "valid_fraction": self.valid_fraction,
              "test_fraction": self.valid_fraction, "baselines": False},
-            out="",
         )  # fmt: skip
         self.series_ = series
         self._ndim = np.ndim(y)

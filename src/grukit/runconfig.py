@@ -430,11 +430,8 @@ def run_config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> 
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a table of keys, got {type(data).__name__}")
     flat = _flatten(data, source)
-    values = _defaults(
-        flat.get("task.name", "music")
-        if isinstance(flat.get("task.name", "music"), str)
-        else "music"
-    )
+    name = flat.get("task.name", "music")
+    values = _defaults(name if isinstance(name, str) else "music")  # _assemble names a bad one
     values.update(flat)
     return _assemble(values, source)
 

@@ -256,10 +256,6 @@ class Trainer:
             f"{self.best_valid:.4f} at epoch {self.best_epoch})"
         )
 
-    @property
-    def metric(self) -> str:
-        return self.task.monitor
-
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, split: str) -> dict[str, Any]:

@@ -105,7 +105,6 @@ class ClassifyTask(Task):
         "optim.weight_noise": 0.0,
         "optim.ema": 0.0,
     }
-    compare_lrs = ()
 
     def __init__(
         self,

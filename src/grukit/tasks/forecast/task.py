@@ -160,7 +160,7 @@ class ForecastTask(Task):
                     f"{series.name}: the {s} span holds no window of {c.window} + horizon "
                     f"{c.horizon} steps; use a shorter --window or --horizon"
                 )
-        self._baselines: dict[str, dict[str, Any]] = {}
+        self._forecasts: dict[str, dict[str, np.ndarray]] = {}  # split -> baseline -> forecasts
 
     # ------------------------------------------------------------------ Task
 
@@ -248,30 +248,37 @@ class ForecastTask(Task):
         return result
 
     def baseline_forecasts(self, split: str) -> dict[str, np.ndarray]:
-        """Each baseline's forecasts ``(origins, H, targets)`` from ``split``'s origins."""
+        """Each baseline's forecasts ``(origins, H, targets)`` from ``split``'s origins (valid or
+        test). Both splits are forecast in one call, so ETS and ARIMA are fitted once."""
         from grukit.tasks.forecast.baselines import run_baselines
 
-        per_target = [
-            run_baselines(
-                self.y[:, k],
-                self.origins[split],
-                self.config.horizon,
-                train_end=self.split.train_end,
-                season=self.season or None,
-            )  # fmt: skip
-            for k in range(self.n_targets)
-        ]
-        return {name: np.stack([p[name] for p in per_target], axis=-1) for name in per_target[0]}
+        if not self._forecasts:
+            origins = np.concatenate([self.origins["valid"], self.origins["test"]])
+            per_target = [
+                run_baselines(
+                    self.y[:, k],
+                    origins,
+                    self.config.horizon,
+                    train_end=self.split.train_end,
+                    season=self.season or None,
+                )  # fmt: skip
+                for k in range(self.n_targets)
+            ]
+            n = len(self.origins["valid"])
+            for name in per_target[0]:
+                both = np.stack([p[name] for p in per_target], axis=-1)
+                self._forecasts.setdefault("valid", {})[name] = both[:n]
+                self._forecasts.setdefault("test", {})[name] = both[n:]
+        return self._forecasts[split]
 
     def baseline_metrics(self, split: str) -> dict[str, Any]:
-        if split not in self._baselines:
-            steps = self.origins[split][:, None] + np.arange(self.config.horizon)[None, :]
-            truth = self.y[steps]
-            self._baselines[split] = {
-                name: forecast_metrics(pred, truth, mase_scale=self.scale)
-                for name, pred in self.baseline_forecasts(split).items()
-            }
-        return self._baselines[split]
+        """Each baseline's metrics on ``split``'s origins, the same definitions as the GRU's."""
+        steps = self.origins[split][:, None] + np.arange(self.config.horizon)[None, :]
+        truth = self.y[steps]
+        return {
+            name: forecast_metrics(pred, truth, mase_scale=self.scale)
+            for name, pred in self.baseline_forecasts(split).items()
+        }
 
     def summary(self, result: Mapping[str, Any]) -> str:
         """The GRU and every baseline on the test (or given) split, side by side."""
