@@ -4,6 +4,7 @@
 literature (``variant=``) on a pure-PyTorch reference or fused CPU kernels (``backend=``).
 """
 
+from grukit.cell_options import CellOptions, LayerMasks
 from grukit.rnn import GRU, GRUCell, count_parameters
 from grukit.variants import ALL_VARIANTS, BASELINES, VARIANTS, Variant, get_variant
 
@@ -13,6 +14,8 @@ __all__ = [
     "GRU",
     "GRUCell",
     "count_parameters",
+    "CellOptions",
+    "LayerMasks",
     "ALL_VARIANTS",
     "BASELINES",
     "VARIANTS",

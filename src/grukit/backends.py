@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from grukit.cell_options import CellExtras
 from grukit.reference import LayerWeights, reference_layer
 from grukit.variants import BASELINES, Variant
 
@@ -21,8 +22,10 @@ __all__ = ["BACKENDS", "LayerFunction", "check_backend", "resolve_backend", "lay
 
 BACKENDS: tuple[str, ...] = ("auto", "fused", "reference", "scan")
 
+#: ``(variant, data, batch_sizes, h0, weights, reverse, extras) -> (output, h_n)``
 LayerFunction = Callable[
-    [Variant, Tensor, Sequence[int], Tensor, LayerWeights, bool], tuple[Tensor, Tensor]
+    [Variant, Tensor, Sequence[int], Tensor, LayerWeights, bool, CellExtras | None],
+    tuple[Tensor, Tensor],
 ]
 
 FUSED_DTYPES = (torch.float32, torch.float64)

@@ -1,15 +1,17 @@
 """The fused CPU kernels (``csrc/fused_rnn.cpp``): build on first use, autograd wrapper.
 
 The extension is compiled the first time a fused layer runs (about 15 s, one line is printed)
-and cached in ``$GRUKIT_CACHE/kernels`` (default ``~/.cache/grukit/kernels``), keyed by the
-source, the PyTorch version and the CPU's instruction set, so later processes load it in well
-under a second. If it cannot be built (no C++ compiler, say), ``backend="auto"`` warns once and
-uses the reference path; ``GRUKIT_DISABLE_FUSED=1`` turns the kernels off.
+and cached in ``$GRUKIT_CACHE/kernels`` (default ``~/.cache/grukit/kernels``), keyed by every
+file under ``csrc/``, the PyTorch version and the CPU's instruction set, so later processes load
+it in well under a second. If it cannot be built (no C++ compiler, say), ``backend="auto"``
+warns once and uses the reference path; ``GRUKIT_DISABLE_FUSED=1`` turns the kernels off.
 
 Kernel contract (one layer, one direction, packed rows; see the C++ header comment):
-``rnn_forward(x (R, H_in), h0 (N, H), weights..., batch_sizes (T,), spec, reverse, save)``
-returns ``output (R, H)``, ``h_n (N, H)`` and, when ``save``, a workspace ``(R, W*H)`` of the
-gate values and ``h_{t-1}`` that ``rnn_backward`` must get back unchanged.
+``rnn_forward(x (R, H_in), h0 (N, H), weights..., batch_sizes (T,), spec, reverse, save,
+recurrent, candidate, zoneout, ln_ih, ln_hh)`` returns ``output (R, H)``, ``h_n (N, H)`` and, when
+``save``, a workspace ``(R, W*H + S)`` of the gate values, ``h_{t-1}`` and the layer-norm
+statistics that ``rnn_backward`` must get back unchanged, with the same masks and gains
+(:class:`grukit.cell_options.CellExtras`; ``None`` for an option that is off).
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from grukit.cell_options import CellExtras
 from grukit.reference import LayerWeights, reference_layer
 from grukit.variants import Variant
 
 __all__ = ["available", "unavailable_reason", "fused_layer", "kernel_spec", "call_count"]
 
-_SOURCE = Path(__file__).parent / "csrc" / "fused_rnn.cpp"
+_CSRC = Path(__file__).parent / "csrc"
+_SOURCE = _CSRC / "fused_rnn.cpp"  # the one translation unit; it includes the headers beside it
 _CELL_KIND = {
     ("gru", "after"): 0,
     ("gru", "before"): 1,
@@ -77,9 +81,12 @@ def _build() -> None:
     # -fopenmp: at::parallel_for is an OpenMP template, compiled into this extension; without
     # the flag its pragmas vanish and every "parallel" loop runs on one thread
     cflags = ["-O3", "-std=c++17", "-fopenmp", *flags]
-    key = hashlib.sha256(
-        _SOURCE.read_bytes() + f"{torch.__version__}|{isa}|{cflags}".encode()
-    ).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for path in sorted(_CSRC.iterdir()):  # every source and header: a header change rebuilds
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(f"{torch.__version__}|{isa}|{cflags}".encode())
+    key = digest.hexdigest()[:16]
     name = f"grukit_fused_{key}"
     build_dir = cache_dir() / name
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -178,49 +185,57 @@ class _FusedLayer(torch.autograd.Function):
         w_hh: Tensor | None,
         b_ih: Tensor | None,
         b_hh: Tensor | None,
+        ln_ih: Tensor | None,
+        ln_hh: Tensor | None,
         batch_sizes: Tensor,
+        masks: tuple[Tensor | None, Tensor | None, Tensor | None],
         variant: Variant,
         reverse: bool,
         save: bool,
     ) -> tuple[Tensor, Tensor]:
         out, h_n, ws = torch.ops.grukit.rnn_forward(
-            x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, kernel_spec(variant), reverse, save
-        )
+            x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, kernel_spec(variant), reverse, save,
+            *masks, ln_ih, ln_hh,
+        )  # fmt: skip
         if save:
-            ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, ws, batch_sizes)
+            ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ws, batch_sizes)
+            ctx.masks = masks
         ctx.variant, ctx.reverse = variant, reverse
         return out, h_n
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple:
-        x, h0, w_ih, w_hh, b_ih, b_hh, ws, batch_sizes = ctx.saved_tensors
+        x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ws, batch_sizes = ctx.saved_tensors
         if grad_out is None:
             grad_out = torch.zeros(x.shape[0], h0.shape[1], dtype=x.dtype)
         if grad_hn is None:
             grad_hn = torch.zeros_like(h0)
-        needs = [int(n) for n in ctx.needs_input_grad[:6]]
+        needs = [int(n) for n in ctx.needs_input_grad[:8]]
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             grads = _reference_backward(ctx, grad_out, grad_hn, needs)
         else:
             grads = torch.ops.grukit.rnn_backward(
                 grad_out.contiguous(), grad_hn.contiguous(), x, h0, w_ih, w_hh, b_ih, b_hh, ws,
-                batch_sizes, kernel_spec(ctx.variant), ctx.reverse, needs,
+                batch_sizes, kernel_spec(ctx.variant), ctx.reverse, needs, *ctx.masks, ln_ih,
+                ln_hh,
             )  # fmt: skip
         out = [
             g if n and g is not None and g.numel() > 0 else None
             for g, n in zip(grads, needs, strict=True)
         ]
-        return (*out, None, None, None, None)
+        return (*out, None, None, None, None, None)
 
 
 def _reference_backward(ctx: Any, grad_out: Tensor, grad_hn: Tensor, needs: list[int]) -> list:
     """First derivatives of the layer through the reference, as a graph (for double backward)."""
-    x, h0, w_ih, w_hh, b_ih, b_hh, _, batch_sizes = ctx.saved_tensors
-    inputs = [x, h0, w_ih, w_hh, b_ih, b_hh]
+    x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, _, batch_sizes = ctx.saved_tensors
+    inputs = [x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh]
     wanted = [t for t, n in zip(inputs, needs, strict=True) if n and t is not None]
+    extras = CellExtras(*ctx.masks, ln_ih, ln_hh)
     out, h_n = reference_layer(
-        ctx.variant, x, batch_sizes.tolist(), h0, LayerWeights(w_ih, w_hh, b_ih, b_hh), ctx.reverse
-    )
+        ctx.variant, x, batch_sizes.tolist(), h0, LayerWeights(w_ih, w_hh, b_ih, b_hh),
+        ctx.reverse, None if extras.empty else extras,
+    )  # fmt: skip
     found = iter(
         torch.autograd.grad(
             (out, h_n), wanted, (grad_out, grad_hn), create_graph=True, allow_unused=True
@@ -238,6 +253,7 @@ def fused_layer(
     h0: Tensor,
     w: LayerWeights,
     reverse: bool = False,
+    extras: CellExtras | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One layer-direction through the fused kernels; the contract of
     :func:`grukit.reference.reference_layer` (CPU, float32/float64)."""
@@ -246,11 +262,14 @@ def fused_layer(
         if isinstance(batch_sizes, Tensor)
         else torch.tensor(list(batch_sizes), dtype=torch.long)
     )
-    tensors = (data, h0, *w)
+    e = extras if extras is not None else CellExtras()
+    tensors = (data, h0, *w, e.ln_ih, e.ln_hh)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    masks = tuple(_contiguous(m) for m in (e.recurrent, e.candidate, e.zoneout))
     return _FusedLayer.apply(
         data.contiguous(), h0.contiguous(), w.weight_ih.contiguous(), _contiguous(w.weight_hh),
-        _contiguous(w.bias_ih), _contiguous(w.bias_hh), bs, v, reverse, save,
+        _contiguous(w.bias_ih), _contiguous(w.bias_hh), _contiguous(e.ln_ih),
+        _contiguous(e.ln_hh), bs, masks, v, reverse, save,
     )  # fmt: skip
 
 

@@ -20,9 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from grukit.cell_options import LAYER_NORM_EPS, CellExtras
 from grukit.variants import Variant
 
-__all__ = ["LayerWeights", "cell_step", "g", "reference_layer"]
+__all__ = [
+    "LayerWeights",
+    "block_layer_norm",
+    "cell_step",
+    "g",
+    "input_projection",
+    "reference_layer",
+]
 
 
 class LayerWeights(NamedTuple):
@@ -39,8 +47,36 @@ def g(a: Tensor) -> Tensor:
     return torch.where(a >= 0, a + 0.5, torch.sigmoid(a))
 
 
+def block_layer_norm(u: Tensor, gain: Tensor, H: int) -> Tensor:
+    """Layer normalisation of each ``H``-wide block of ``u`` ``(rows, K*H)``, times ``gain``
+    ``(K*H,)``: ``gain_k * (u_k - mean(u_k)) / sqrt(var(u_k) + eps)`` (biased variance)."""
+    K = gain.numel() // H
+    normed = F.layer_norm(u.unflatten(-1, (K, H)), (H,), eps=LAYER_NORM_EPS)
+    return (normed * gain.view(K, H)).flatten(-2)
+
+
+def _recurrent_term(
+    h: Tensor, weight: Tensor, bias: Tensor | None, gain: Tensor | None, H: int
+) -> Tensor:
+    """``U h + b``, or ``LN(U h) * gain + b`` with layer normalisation."""
+    if gain is None:
+        return F.linear(h, weight, bias)
+    u = block_layer_norm(F.linear(h, weight), gain, H)
+    return u if bias is None else u + bias
+
+
+def input_projection(data: Tensor, w: LayerWeights, ln_ih: Tensor | None, H: int) -> Tensor:
+    """``x W_ih^T + b_ih`` of every row, ``(R, Gx*H)``; with layer norm ``LN(x W_ih^T) + b_ih``."""
+    return _recurrent_term(data, w.weight_ih, w.bias_ih, ln_ih, H)
+
+
 def _gate_preactivation(
-    v: Variant, gx: Tensor, h: Tensor, weight_hh: Tensor | None, bias_hh: Tensor | None
+    v: Variant,
+    gx: Tensor,
+    h: Tensor,
+    weight_hh: Tensor | None,
+    bias_hh: Tensor | None,
+    ln_hh: Tensor | None,
 ) -> Tensor:
     """Pre-activations of the gates of a reset-before variant: ``(N, G*H)``, ``G`` gates.
 
@@ -49,13 +85,15 @@ def _gate_preactivation(
     their biases the leading ``G*H`` of ``bias_ih``/``bias_hh``.
     """
     gate = v.gates[0]
-    width = len(v.gates) * h.shape[-1]
+    H = h.shape[-1]
+    width = len(v.gates) * H
     pre = gx[:, :width] if gate.x else None
     in_bias_hh = bias_hh is not None and gate.bias and (gate.h or not gate.x)
     b = bias_hh[:width] if in_bias_hh else None
     if gate.h:
         assert weight_hh is not None
-        hpart = F.linear(h, weight_hh[:width], b)
+        gain = None if ln_hh is None else ln_hh[:width]
+        hpart = _recurrent_term(h, weight_hh[:width], b, gain, H)
     elif b is not None:
         hpart = b.expand(h.shape[0], width)
     else:  # gates read only x (never the case for a reset-before variant today)
@@ -65,34 +103,54 @@ def _gate_preactivation(
 
 
 def cell_step(
-    v: Variant, gx: Tensor, h: Tensor, weight_hh: Tensor | None, bias_hh: Tensor | None
+    v: Variant,
+    gx: Tensor,
+    h: Tensor,
+    weight_hh: Tensor | None,
+    bias_hh: Tensor | None,
+    extras: CellExtras | None = None,
 ) -> Tensor:
-    """One time step of variant ``v``.
+    """One time step of variant ``v``, with the in-cell options of :mod:`grukit.cell_options`.
 
-    gx: ``(N, Gx*H)``, the input projection ``x W_ih^T + b_ih`` of this step (``Gx`` blocks read x).
-    h: ``(N, H)``, the state. Returns ``h'``: ``(N, H)``. The equations are in ``v.equations``.
+    gx: ``(N, Gx*H)``, the input projection of this step (:func:`input_projection`).
+    h: ``(N, H)``, the state. extras: this step's rows of the masks (``(N, H)`` each; zoneout
+    may be ``(H,)``) and the recurrent layer-norm gains. Returns ``h'``: ``(N, H)``. The
+    equations are in ``v.equations``.
     """
     H = h.shape[-1]
+    e = extras if extras is not None else CellExtras()
+    hd = h if e.recurrent is None else h * e.recurrent  # the state the recurrent matmuls read
     if v.family == "mingru":
         z = torch.sigmoid(gx[:, :H])
         n = g(gx[:, H:])
-        return h + z * (n - h)  # (1 - z) h + z n
-    if v.reset == "after":  # gru: the torch.nn.GRU cell
-        gh = F.linear(h, weight_hh, bias_hh)
+        if e.candidate is not None:
+            n = n * e.candidate
+        h_new = h + z * (n - h)  # (1 - z) h + z n
+    elif v.reset == "after":  # gru: the torch.nn.GRU cell
+        gh = _recurrent_term(hd, weight_hh, bias_hh, e.ln_hh, H)
         rz = torch.sigmoid(gx[:, : 2 * H] + gh[:, : 2 * H])
         r, z = rz[:, :H], rz[:, H:]
         n = torch.tanh(gx[:, 2 * H :] + r * gh[:, 2 * H :])
-        return n + z * (h - n)  # (1 - z) n + z h
-    gates = torch.sigmoid(_gate_preactivation(v, gx, h, weight_hh, bias_hh))
-    r = gates[:, :H]  # the reset gate: r (GRU family) or the forget gate f (MGU family)
-    assert weight_hh is not None
-    n = torch.tanh(
-        gx[:, -H:] + F.linear(r * h, weight_hh[-H:], None if bias_hh is None else bias_hh[-H:])
-    )
-    if v.family == "mgu":
-        return h + r * (n - h)  # (1 - f) h + f n
-    z = gates[:, H:]
-    return n + z * (h - n)  # (1 - z) n + z h
+        if e.candidate is not None:
+            n = n * e.candidate
+        h_new = n + z * (h - n)  # (1 - z) n + z h
+    else:
+        gates = torch.sigmoid(_gate_preactivation(v, gx, hd, weight_hh, bias_hh, e.ln_hh))
+        r = gates[:, :H]  # the reset gate: r (GRU family) or the forget gate f (MGU family)
+        assert weight_hh is not None
+        b_n = None if bias_hh is None else bias_hh[-H:]
+        gain = None if e.ln_hh is None else e.ln_hh[-H:]
+        n = torch.tanh(gx[:, -H:] + _recurrent_term(r * hd, weight_hh[-H:], b_n, gain, H))
+        if e.candidate is not None:
+            n = n * e.candidate
+        if v.family == "mgu":
+            h_new = h + r * (n - h)  # (1 - f) h + f n
+        else:
+            z = gates[:, H:]
+            h_new = n + z * (h - n)  # (1 - z) n + z h
+    if e.zoneout is None:
+        return h_new
+    return h_new + e.zoneout * (h - h_new)  # zoneout: m h + (1 - m) h_new
 
 
 def reference_layer(
@@ -102,22 +160,38 @@ def reference_layer(
     h0: Tensor,
     w: LayerWeights,
     reverse: bool = False,
+    extras: CellExtras | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run one layer in one direction over packed sequences.
 
     data: ``(R, H_in)`` packed rows, ``R = sum(batch_sizes)``; h0: ``(N, H)``, ``N =
-    batch_sizes[0]``. Returns ``(output (R, H), h_n (N, H))``; ``h_n[b]`` is the state after the
-    last step of sequence ``b`` (its first step when ``reverse``).
+    batch_sizes[0]``. extras: masks and layer-norm gains (:class:`CellExtras`): recurrent
+    ``(N, H)``, candidate and zoneout ``(R, H)`` (zoneout may be ``(H,)``). Returns ``(output
+    (R, H), h_n (N, H))``; ``h_n[b]`` is the state after the last step of sequence ``b`` (its
+    first step when ``reverse``).
     """
-    gx_all = F.linear(data, w.weight_ih, w.bias_ih)
+    e = extras if extras is not None else CellExtras()
+    gx_all = input_projection(data, w, e.ln_ih, h0.shape[-1])
     offsets = [0]
     for n in batch_sizes:
         offsets.append(offsets[-1] + n)
     outputs: list[Tensor] = [data.new_empty(0)] * len(batch_sizes)
 
+    def rows(mask: Tensor | None, t: int) -> Tensor | None:
+        if mask is None or mask.dim() == 1:
+            return mask
+        return mask[offsets[t] : offsets[t + 1]]
+
     def step(t: int, h: Tensor) -> Tensor:
         gx = gx_all[offsets[t] : offsets[t + 1]]
-        return cell_step(v, gx, h, w.weight_hh, w.bias_hh)
+        if extras is None:
+            return cell_step(v, gx, h, w.weight_hh, w.bias_hh)
+        n = h.shape[0]
+        at_t = CellExtras(
+            None if e.recurrent is None else e.recurrent[:n],
+            rows(e.candidate, t), rows(e.zoneout, t), None, e.ln_hh,
+        )  # fmt: skip
+        return cell_step(v, gx, h, w.weight_hh, w.bias_hh, at_t)
 
     if not reverse:
         h = h0

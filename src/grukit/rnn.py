@@ -7,6 +7,7 @@ variant's step (:mod:`grukit.variants`) over the sequence.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
@@ -19,12 +20,14 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence
 
 from grukit.backends import check_backend, layer_function, resolve_backend
+from grukit.cell_options import CellExtras, CellOptions, LayerMasks, check_masks, draw_masks
 from grukit.reference import LayerWeights
-from grukit.variants import BASELINE_BLOCKS, BASELINES, VARIANTS, check_variant_name
+from grukit.variants import BASELINE_BLOCKS, BASELINES, VARIANTS, Variant, check_variant_name
 
 __all__ = ["GRU", "GRUCell", "count_parameters"]
 
 _WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_NORM_KINDS = ("layer_norm_ih", "layer_norm_hh")  # layer-norm gains of the x and h sides
 
 
 def count_parameters(
@@ -34,12 +37,14 @@ def count_parameters(
     num_layers: int = 1,
     bidirectional: bool = False,
     bias: bool = True,
+    layer_norm: bool = False,
 ) -> int:
     """Number of parameters of ``GRU(input_size, hidden_size, num_layers, bias, ...,
-    bidirectional=bidirectional, variant=variant)``, in closed form.
+    bidirectional=bidirectional, variant=variant, layer_norm=layer_norm)``, in closed form.
 
     One layer-direction of ``n`` units on ``m`` inputs has ``Gx*n*m + Gh*n^2 + B*n`` parameters
     (:meth:`grukit.variants.Variant.count_parameters`); layers above the first read ``m = D*n``.
+    ``layer_norm`` adds one gain per unit of every normalised block: ``(Gx + Gh) * n``.
     """
     check_variant_name(variant, owner="count_parameters")
     for name, value in (
@@ -57,16 +62,90 @@ def count_parameters(
                 2 * k * hidden_size if bias else 0
             )
         else:
-            per = VARIANTS[variant].count_parameters(m, hidden_size, bias)
+            v = VARIANTS[variant]
+            per = v.count_parameters(m, hidden_size, bias)
+            if layer_norm:
+                per += (len(v.x_blocks) + len(v.h_blocks)) * hidden_size
         total += D * per
     return total
 
 
 def _reset_uniform(module: nn.Module, hidden_size: int) -> None:
-    """torch's RNN initialisation: every parameter from ``U(-1/sqrt(H), 1/sqrt(H))``, in order."""
+    """torch's RNN initialisation: every weight and bias from ``U(-1/sqrt(H), 1/sqrt(H))``, in
+    order; layer-norm gains start at 1 (and draw nothing, so the others match torch's draws)."""
     stdv = 1.0 / math.sqrt(hidden_size)
-    for weight in module.parameters():
-        nn.init.uniform_(weight, -stdv, stdv)
+    for name, weight in module.named_parameters():
+        if name.startswith(_NORM_KINDS):
+            nn.init.ones_(weight)
+        else:
+            nn.init.uniform_(weight, -stdv, stdv)
+
+
+def _cell_options(owner: str, variant: str, **values: Any) -> CellOptions:
+    return CellOptions(**values).check(variant, owner)
+
+
+def _layer_call(
+    owner: str,
+    options: CellOptions,
+    v: Variant,
+    w: LayerWeights,
+    gains: tuple[Tensor | None, Tensor | None],
+    shape: tuple[int, int, int],
+    training: bool,
+    masks: LayerMasks | None,
+    generator: torch.Generator | None,
+    index: int,
+) -> tuple[LayerWeights, CellExtras | None]:
+    """The weights and extras of one layer-direction call: masks drawn (or the given ones
+    checked), DropConnect applied to ``weight_hh``, the layer-norm gains attached.
+
+    shape: ``(N, R, H)``, sequences, packed rows, units. Returns ``(w, None)`` for the plain cell.
+    """
+    if not options.any and masks is None:
+        return w, None
+    N, R, H = shape
+    if masks is None:
+        masks = draw_masks(options, v, N, R, H, w.weight_ih, training, generator)
+    else:
+        if not isinstance(masks, LayerMasks):
+            raise TypeError(
+                f"{owner}: masks[{index}] must be a grukit.LayerMasks, got {type(masks).__name__}"
+            )
+        check_masks(owner, masks, N, R, H, w.weight_hh, w.weight_ih, index)
+        option = {"recurrent": "recurrent_dropout", "candidate": "candidate_dropout",
+                  "zoneout": "zoneout", "weight": "weight_drop"}  # fmt: skip
+        for field, t in zip(LayerMasks._fields, masks, strict=True):
+            if t is not None and not getattr(options, option[field]):
+                raise ValueError(
+                    f"{owner}: masks[{index}].{field} was given but {option[field]} is off; "
+                    f"build the module with {option[field]} > 0"
+                )
+    if masks.weight is not None:
+        assert w.weight_hh is not None
+        w = w._replace(weight_hh=w.weight_hh * masks.weight)
+    extras = CellExtras(masks.recurrent, masks.candidate, masks.zoneout, *gains)
+    return w, (None if extras.empty else extras)
+
+
+def _options_repr(options: CellOptions) -> str:
+    return "".join(
+        f", {f.name}={getattr(options, f.name)!r}"
+        for f in dataclasses.fields(options)
+        if getattr(options, f.name)
+    )
+
+
+def _batch_and_rows(input: Tensor | PackedSequence, batch_first: bool) -> tuple[int, int]:
+    """``(N, R)``: sequences and packed rows of a forward call's input."""
+    if isinstance(input, PackedSequence):
+        return int(input.batch_sizes[0]), int(input.data.shape[0])
+    if not isinstance(input, Tensor) or input.dim() not in (2, 3):
+        raise ValueError("draw_masks: expected the 2-D or 3-D input (or PackedSequence) of a call")
+    if input.dim() == 2:
+        return 1, int(input.shape[0])
+    T, N = (input.shape[1], input.shape[0]) if batch_first else (input.shape[0], input.shape[1])
+    return int(N), int(T * N)
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:
@@ -131,7 +210,16 @@ class GRU(nn.Module):
         ``(N, L, *)`` rather than ``(L, N, *)``. dropout: dropout probability on the outputs of
         every layer but the last, in training mode. bidirectional: ``D = 2`` directions.
         variant: the cell (default ``"gru"``). backend: ``"auto"``, ``"fused"``,
-        ``"reference"`` or ``"scan"`` (:mod:`grukit.backends`).
+        ``"reference"`` or ``"scan"`` (:mod:`grukit.backends`). recurrent_dropout,
+        candidate_dropout, zoneout, weight_drop (probabilities in ``[0, 1)``) and layer_norm:
+        regularisation inside the cell of every layer and direction
+        (:mod:`grukit.cell_options`); the defaults give exactly the plain cell.
+
+    ``forward(input, hx, *, masks=None, generator=None)``: in training mode the in-cell masks
+    are drawn from ``generator`` (torch's default one if omitted); ``masks`` (one
+    :class:`grukit.LayerMasks` per layer-direction, index ``layer * D + direction``, e.g. from
+    :meth:`draw_masks`) fixes them, so two modules with the same weights and masks compute the
+    same thing.
 
     Shapes (``L`` steps, ``N`` batch, ``D`` directions):
         input: ``(L, N, H_in)``, ``(N, L, H_in)`` if ``batch_first``, ``(L, H_in)`` unbatched, or a
@@ -143,6 +231,8 @@ class GRU(nn.Module):
     ``weight_ih_l{k}`` ``(Gx * H, H_in)`` (``D * H`` inputs above layer 0), ``weight_hh_l{k}``
     ``(Gh * H, H)``, ``bias_ih_l{k}``, ``bias_hh_l{k}``; for ``gru`` the blocks are
     ``(W_ir|W_iz|W_in)``, ``Gx = Gh = 3``. All are drawn from ``U(-1/sqrt(H), 1/sqrt(H))``.
+    With ``layer_norm``, ``layer_norm_ih_l{k}`` ``(Gx * H,)`` and ``layer_norm_hh_l{k}``
+    ``(Gh * H,)`` are the gains of the normalised blocks, initialised to 1.
     """
 
     def __init__(
@@ -159,11 +249,23 @@ class GRU(nn.Module):
         *,
         variant: str = "gru",
         backend: str = "auto",
+        recurrent_dropout: float = 0.0,
+        candidate_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        layer_norm: bool = False,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
         self.variant = check_variant_name(variant, owner=owner)
         self.backend = check_backend(backend, variant, owner)
+        self.cell_options = _cell_options(
+            owner, variant, recurrent_dropout=recurrent_dropout,
+            candidate_dropout=candidate_dropout, zoneout=zoneout, layer_norm=layer_norm,
+            weight_drop=weight_drop,
+        )  # fmt: skip
+        self.recurrent_dropout, self.candidate_dropout = recurrent_dropout, candidate_dropout
+        self.zoneout, self.layer_norm, self.weight_drop = zoneout, layer_norm, weight_drop
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
@@ -199,14 +301,15 @@ class GRU(nn.Module):
         self.last_backend: str | None = None  # the backend that ran the latest forward
         factory = {"device": device, "dtype": dtype}
         D = 2 if bidirectional else 1
-        self._weight_names: list[list[str]] = []  # per layer-direction, in LayerWeights order
+        # per layer-direction: LayerWeights' names, then the layer-norm gains' ("" if absent)
+        self._weight_names: list[list[str]] = []
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else D * hidden_size
             for direction in range(D):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
                 shapes = self._parameter_shapes(layer_input)
                 names = []
-                for kind in _WEIGHT_KINDS:
+                for kind in (*_WEIGHT_KINDS, *_NORM_KINDS):
                     if kind in shapes:
                         self.register_parameter(
                             kind + suffix, nn.Parameter(torch.empty(shapes[kind], **factory))
@@ -241,7 +344,13 @@ class GRU(nn.Module):
             if self.bias:
                 shapes.update(bias_ih=(k * H,), bias_hh=(k * H,))
             return shapes
-        return VARIANTS[self.variant].parameter_shapes(layer_input, self.hidden_size, self.bias)
+        v = VARIANTS[self.variant]
+        shapes = v.parameter_shapes(layer_input, self.hidden_size, self.bias)
+        if self.cell_options.layer_norm:
+            shapes["layer_norm_ih"] = (len(v.x_blocks) * self.hidden_size,)
+            if v.h_blocks:
+                shapes["layer_norm_hh"] = (len(v.h_blocks) * self.hidden_size,)
+        return shapes
 
     def reset_parameters(self) -> None:
         """Draw every parameter from ``U(-1/sqrt(H), 1/sqrt(H))``, in torch.nn.GRU's order."""
@@ -257,8 +366,29 @@ class GRU(nn.Module):
     def layer_weights(self, layer: int, direction: int = 0) -> LayerWeights:
         """The parameters of one layer-direction, as the backends take them."""
         D = 2 if self.bidirectional else 1
-        names = self._weight_names[layer * D + direction]
+        names = self._weight_names[layer * D + direction][: len(_WEIGHT_KINDS)]
         return LayerWeights(*(getattr(self, n) if n else None for n in names))
+
+    def layer_norm_gains(self, layer: int, direction: int = 0) -> tuple[Tensor | None, ...]:
+        """``(layer_norm_ih, layer_norm_hh)`` of one layer-direction (``None`` without)."""
+        D = 2 if self.bidirectional else 1
+        names = self._weight_names[layer * D + direction][len(_WEIGHT_KINDS) :]
+        return tuple(getattr(self, n) if n else None for n in names)
+
+    def draw_masks(
+        self, input: Tensor | PackedSequence, generator: torch.Generator | None = None
+    ) -> list[LayerMasks]:
+        """The in-cell masks a forward call on ``input`` would draw (index ``layer * D +
+        direction``), for ``forward(..., masks=...)``. Follows ``self.training``."""
+        if self.variant in BASELINES:
+            return []
+        N, R = _batch_and_rows(input, self.batch_first)
+        ref = next(self.parameters())
+        v = VARIANTS[self.variant]
+        return [
+            draw_masks(self.cell_options, v, N, R, self.hidden_size, ref, self.training, generator)
+            for _ in self._weight_names
+        ]
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -270,7 +400,7 @@ class GRU(nn.Module):
             value = getattr(self, key)
             if value != default:
                 s += f", {key}={value!r}"
-        return s
+        return s + _options_repr(self.cell_options)
 
     # ------------------------------------------------------------------ forward
 
@@ -289,7 +419,12 @@ class GRU(nn.Module):
         return hx
 
     def forward(
-        self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, Tensor] | None = None
+        self,
+        input: Tensor | PackedSequence,
+        hx: Tensor | tuple[Tensor, Tensor] | None = None,
+        *,
+        masks: Sequence[LayerMasks] | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor | PackedSequence, Any]:
         owner = type(self).__name__
         ref = next(self.parameters())
@@ -338,6 +473,11 @@ class GRU(nn.Module):
             sorted_indices = unsorted_indices = None
         if self.variant in BASELINES:
             return self._forward_torch(input, hx)
+        if masks is not None and len(masks) != len(self._weight_names):
+            raise ValueError(
+                f"{owner}: masks must hold one LayerMasks per layer-direction "
+                f"({len(self._weight_names)}), got {len(masks)}"
+            )
 
         expected = (D * self.num_layers, N, self.hidden_size)
         if hx is None:
@@ -365,11 +505,13 @@ class GRU(nn.Module):
                 h0 = h0.index_select(1, sorted_indices)
 
         if isinstance(input, PackedSequence):
-            out_data, h_n = self._run_layers(data, batch_sizes, h0)
+            out_data, h_n = self._run_layers(data, batch_sizes, h0, masks, generator)
             if unsorted_indices is not None:
                 h_n = h_n.index_select(1, unsorted_indices)
             return PackedSequence(out_data, batch_sizes_t, sorted_indices, unsorted_indices), h_n
-        out_data, h_n = self._run_layers(x.reshape(T * N, self.input_size), [N] * T, h0)
+        out_data, h_n = self._run_layers(
+            x.reshape(T * N, self.input_size), [N] * T, h0, masks, generator
+        )
         out = out_data.view(T, N, D * self.hidden_size)
         if self.batch_first:
             out = out.transpose(0, 1)
@@ -378,7 +520,12 @@ class GRU(nn.Module):
         return out, h_n
 
     def _run_layers(
-        self, data: Tensor, batch_sizes: Sequence[int], h0: Tensor
+        self,
+        data: Tensor,
+        batch_sizes: Sequence[int],
+        h0: Tensor,
+        masks: Sequence[LayerMasks] | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Layers and directions over packed rows: data ``(R, H_in)``, h0 ``(D*L, N, H)``."""
         variant = VARIANTS[self.variant]
@@ -386,18 +533,21 @@ class GRU(nn.Module):
         self.last_backend = backend
         run = layer_function(backend)
         D = 2 if self.bidirectional else 1
+        shape = (batch_sizes[0], data.shape[0], self.hidden_size)
         finals = []
         layer_input = data
         for layer in range(self.num_layers):
             outs = []
             for direction in range(D):
+                index = layer * D + direction
+                w, extras = _layer_call(
+                    type(self).__name__, self.cell_options, variant,
+                    self.layer_weights(layer, direction), self.layer_norm_gains(layer, direction),
+                    shape, self.training, None if masks is None else masks[index], generator,
+                    index,
+                )  # fmt: skip
                 out, h_n = run(
-                    variant,
-                    layer_input,
-                    batch_sizes,
-                    h0[layer * D + direction],
-                    self.layer_weights(layer, direction),
-                    direction == 1,
+                    variant, layer_input, batch_sizes, h0[index], w, direction == 1, extras
                 )
                 outs.append(out)
                 finals.append(h_n)
@@ -424,7 +574,7 @@ class GRU(nn.Module):
         input: ``(N, H_in)`` (or ``(H_in,)`` unbatched), one step; hx: the state returned by
         the previous call (``(num_layers, N, H)``), zeros if omitted. Returns ``(output (N, H),
         state)``. Feeding a sequence step by step gives the same outputs as the whole sequence
-        at once.
+        at once (in training mode with in-cell dropout, each call draws its own masks).
         """
         if self.bidirectional:
             raise ValueError(
@@ -452,8 +602,13 @@ class GRUCell(nn.Module):
 
     Shapes: input ``(N, H_in)`` or ``(H_in,)``; hx ``(N, H)`` or ``(H,)``, zeros if omitted;
     returns ``h'`` of hx's shape. Parameters: ``weight_ih`` ``(Gx * H, H_in)``, ``weight_hh``
-    ``(Gh * H, H)``, ``bias_ih``, ``bias_hh``. ``variant="lstm"`` is ``torch.nn.LSTMCell`` (state
-    ``(h, c)``) and ``"rnn_tanh"`` is ``torch.nn.RNNCell``.
+    ``(Gh * H, H)``, ``bias_ih``, ``bias_hh`` (and ``layer_norm_ih``, ``layer_norm_hh`` with
+    ``layer_norm``). ``variant="lstm"`` is ``torch.nn.LSTMCell`` (state ``(h, c)``) and
+    ``"rnn_tanh"`` is ``torch.nn.RNNCell``.
+
+    The in-cell options are those of :class:`GRU`. A cell sees one step per call, so in
+    training it draws fresh masks every call; to hold the recurrent-dropout mask over a
+    sequence, draw one :class:`grukit.LayerMasks` and pass it as ``masks=`` at every step.
     """
 
     def __init__(
@@ -466,15 +621,25 @@ class GRUCell(nn.Module):
         *,
         variant: str = "gru",
         backend: str = "auto",
+        recurrent_dropout: float = 0.0,
+        candidate_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        layer_norm: bool = False,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
+        self.cell_options = _cell_options(
+            type(self).__name__, variant, recurrent_dropout=recurrent_dropout,
+            candidate_dropout=candidate_dropout, zoneout=zoneout, layer_norm=layer_norm,
+            weight_drop=weight_drop,
+        )  # fmt: skip
         # one layer, one direction: the parameters of a GRU without the "_l0" suffix
         inner = GRU(input_size, hidden_size, 1, bias, device=device, dtype=dtype,
-                    variant=variant, backend=backend)  # fmt: skip
+                    variant=variant, backend=backend, layer_norm=layer_norm)  # fmt: skip
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         self.variant, self.backend = variant, backend
         self.last_backend: str | None = None
-        for kind in _WEIGHT_KINDS:
+        for kind in (*_WEIGHT_KINDS, *_NORM_KINDS):
             if hasattr(inner, kind + "_l0"):
                 self.register_parameter(kind, getattr(inner, kind + "_l0"))
         self._torch_template: nn.Module | None = None
@@ -498,9 +663,24 @@ class GRUCell(nn.Module):
             s += f", variant={self.variant!r}"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
-        return s
+        return s + _options_repr(self.cell_options)
 
-    def forward(self, input: Tensor, hx: Tensor | tuple[Tensor, Tensor] | None = None) -> Any:
+    def draw_masks(self, batch_size: int, generator: torch.Generator | None = None) -> LayerMasks:
+        """Masks for ``batch_size`` rows, to pass as ``masks=`` (e.g. at every step of a
+        sequence, which holds the recurrent-dropout mask over it). Follows ``self.training``."""
+        if self.variant in BASELINES:
+            return LayerMasks()
+        return draw_masks(self.cell_options, VARIANTS[self.variant], batch_size, batch_size,
+                          self.hidden_size, self.weight_ih, self.training, generator)  # fmt: skip
+
+    def forward(
+        self,
+        input: Tensor,
+        hx: Tensor | tuple[Tensor, Tensor] | None = None,
+        *,
+        masks: LayerMasks | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Any:
         owner = type(self).__name__
         ref = self.weight_ih
         _check_tensor(owner, "input", input, ref)
@@ -533,6 +713,12 @@ class GRUCell(nn.Module):
         variant = VARIANTS[self.variant]
         backend = resolve_backend(self.backend, variant, x.device, x.dtype)
         self.last_backend = backend
-        weights = LayerWeights(*(getattr(self, k, None) for k in _WEIGHT_KINDS))
-        out, _ = layer_function(backend)(variant, x, [x.shape[0]], h, weights, False)
+        N = x.shape[0]
+        weights, extras = _layer_call(
+            owner, self.cell_options, variant,
+            LayerWeights(*(getattr(self, k, None) for k in _WEIGHT_KINDS)),
+            (getattr(self, "layer_norm_ih", None), getattr(self, "layer_norm_hh", None)),
+            (N, N, self.hidden_size), self.training, masks, generator, 0,
+        )  # fmt: skip
+        out, _ = layer_function(backend)(variant, x, [N], h, weights, False, extras)
         return out if batched else out.squeeze(0)

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from grukit.reference import LayerWeights
+from grukit.cell_options import CellExtras
+from grukit.reference import LayerWeights, input_projection
 from grukit.variants import Variant
 
 __all__ = ["linear_scan_log", "mingru_scan_layer", "packed_time_index"]
@@ -86,29 +87,52 @@ def mingru_scan_layer(
     h0: Tensor,
     w: LayerWeights,
     reverse: bool = False,
+    extras: CellExtras | None = None,
     chunk: int = 64,
 ) -> tuple[Tensor, Tensor]:
-    """minGRU layer by the parallel scan (contract of :func:`grukit.reference.reference_layer`)."""
+    """minGRU layer by the parallel scan (contract of :func:`grukit.reference.reference_layer`).
+
+    The in-cell options fold into the recurrence's coefficients: layer norm acts on the input
+    projection; candidate dropout scales ``b_t``; zoneout's keep share ``m_t`` makes the written
+    share ``(1 - m_t) z_t``, so ``a_t = 1 - (1 - m_t) z_t`` and ``b_t = (1 - m_t) z_t n_t``.
+    """
     if v.family != "mingru":
         raise ValueError(f"the parallel scan runs minGRU only, not {v.name!r}")
+    e = extras if extras is not None else CellExtras()
+    if e.recurrent is not None or e.ln_hh is not None:
+        raise ValueError("minGRU has no recurrent matmul: no recurrent mask or gain applies")
     # log-space arithmetic in float64: exp(log A + ...) loses about |log A| * eps relative
     # precision, and saturated gates make |log A| grow by tens per step
     compute_dtype = torch.float64
     H = h0.shape[-1]
-    gx = F.linear(data, w.weight_ih, w.bias_ih).to(compute_dtype)
+    gx = input_projection(data, w, e.ln_ih, H).to(compute_dtype)
+    step_masks = [m for m in (e.candidate, e.zoneout) if m is not None and m.dim() == 2]
+    if step_masks:  # per-row masks travel with the rows: [gx | candidate | zoneout]
+        gx = torch.cat([gx, *(m.to(compute_dtype) for m in step_masks)], 1)
     T, N = len(batch_sizes), int(batch_sizes[0])
     uniform = all(int(n) == N for n in batch_sizes)
     if uniform:  # the packed rows already form the (T, N) grid
-        k = gx.view(T, N, 2 * H)
+        k = gx.view(T, N, gx.shape[1])
         k = k.flip(0) if reverse else k
     else:
         row, valid = packed_time_index(batch_sizes, reverse)
         row, valid = row.to(data.device), valid.to(data.device).unsqueeze(-1)
-        k = gx[row]  # (T, N, 2H)
-    kz, kn = k[..., :H], k[..., H:]
+        k = gx[row]  # (T, N, columns)
+    kz, kn = k[..., :H], k[..., H : 2 * H]
+    col, cand, zone = 2 * H, None, e.zoneout
+    if e.candidate is not None:
+        cand, col = k[..., col : col + H], col + H
+    if zone is not None:
+        zone = k[..., col : col + H] if zone.dim() == 2 else zone.to(compute_dtype)
     log_a = -F.softplus(kz)  # log(1 - z)
     log_n = torch.where(kn >= 0, torch.log(F.relu(kn) + 0.5), -F.softplus(-kn))  # log g(kn)
     log_b = -F.softplus(-kz) + log_n  # log(z * g(kn))
+    if cand is not None:  # n~ = m n: log b += log m (m = 0 gives b = 0)
+        log_b = torch.where(cand > 0, log_b + torch.log(cand.clamp(min=1e-300)), _LOG_ZERO)
+    if zone is not None:  # written share (1 - m) z
+        keep_z = (1 - zone) * torch.sigmoid(kz)
+        log_a = torch.where(zone > 0, torch.log1p(-keep_z), log_a)
+        log_b = torch.where(zone < 1, log_b + torch.log((1 - zone).clamp(min=1e-300)), _LOG_ZERO)
     if not uniform:  # past a sequence's end: a = 1, b = 0 keep its state
         log_a = torch.where(valid, log_a, 0.0)
         log_b = torch.where(valid, log_b, _LOG_ZERO)

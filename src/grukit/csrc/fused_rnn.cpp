@@ -1,17 +1,22 @@
 // grukit fused CPU kernels: one layer-direction of any GRU variant over a whole (packed) sequence,
-// forward and backward, in one call each.
+// forward and backward, in one call each, with the in-cell options of grukit/cell_options.py.
 //
-// Structure (see grukit/fused.py for the Python side and grukit/variants.py for the math):
-//   * the input projection of all steps is one GEMM;
-//   * each step does one GEMM on the state (two for reset-before cells: gates, then candidate)
-//     and one fused vectorised pass over the gates (at::vec);
+// Files: kernel_support.h (profiler, workspace pool, the GEMM layer, lane loops, vector math),
+// cells.h (the Layout with the workspace's named blocks, one policy per cell family with its
+// forward and backward lane math, the shared candidate/post-update steps and the layer-norm row
+// step), this file (the sequence loops and the ops). The math is defined once, in
+// grukit/variants.py and grukit/reference.py; the tests hold this twin to it.
+//
+// Structure:
+//   * the input projection of all steps is one GEMM per chunk of steps, then (layer_norm) one
+//     row-normalisation pass over it;
+//   * each step does one GEMM on the state (two for reset-before cells: gates, then candidate),
+//     each optionally row-normalised, and one or two vectorised passes of the family's lane math;
 //   * backward keeps one or two small GEMMs per step and forms the weight gradients with large
-//     GEMMs over all steps afterwards;
-//   * no tensor is allocated and nothing goes through the dispatcher inside the time loop.
-//
-// One loop serves every variant. A Cell (GruResetAfter, GruResetBefore, Mgu, MinGru) supplies
-// the element-wise forward and backward of its family; the per-variant differences (which
-// sources feed the gates) are the Layout flags, read in the element-wise pass.
+//     GEMMs over chunks of steps, while the chunk's dA is still in cache;
+//   * no tensor is allocated and nothing goes through the dispatcher inside the time loop;
+//   * masks come from Python (the kernel draws no random numbers); what only training needs
+//     (the workspace) is a compile-time flag of the forward loop.
 //
 // Packed layout: step t owns rows [off_t, off_t + n_t) of x/out, n_t non-increasing; the
 // sequences alive at step t are batch rows 0..n_t-1. The state lives in one (N, H) buffer, so
@@ -22,505 +27,10 @@
 // only, never on the thread count, and every BLAS call runs single-threaded, so 1 and 2 threads
 // give bit-identical results.
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
-#include <torch/library.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#include <sys/mman.h>
-
-#include <algorithm>
-#include <atomic>
-#include <chrono>
-#include <cstdint>
-#include <cstdlib>
-#include <exception>
-#include <mutex>
-#include <new>
-#include <string>
-#include <thread>
-#include <tuple>
-#include <vector>
-
-// Standard Fortran BLAS, exported by libtorch_cpu when PyTorch is built with MKL or OpenBLAS.
-// Weak: if absent, gemm() falls back to at::mm (correct, slower, not thread-count independent).
-extern "C" {
-void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
-            const float*, const int*, const float*, const int*, const float*, float*,
-            const int*) __attribute__((weak));
-void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
-            const double*, const int*, const double*, const int*, const double*, double*,
-            const int*) __attribute__((weak));
-int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
-}
+#include "cells.h"
 
 namespace grukit {
 namespace {
-
-using at::vec::Vectorized;
-
-// ------------------------------------------------------------------------------ profiler
-// Opt-in wall-clock time per phase (grukit.fused.profile()); off, it costs one branch a phase.
-
-enum Phase : int {
-  kInputGemm, kStepGemm, kStepElementwise, kStepCopy, kBackStepGemm, kBackElementwise,
-  kWeightGemm, kBiasSums, kPhases
-};
-const char* const kPhaseNames[kPhases] = {
-    "input projection GEMM", "per-step GEMMs (forward)", "element-wise (forward)",
-    "state copies (forward)", "per-step GEMMs (backward)", "element-wise (backward)",
-    "weight and input-gradient GEMMs", "bias gradient sums"};
-std::atomic<bool> g_profiling{false};
-std::atomic<int64_t> g_phase_ns[kPhases];
-
-struct PhaseTimer {
-  Phase phase;
-  std::chrono::steady_clock::time_point start;
-  bool on;
-  explicit PhaseTimer(Phase p) : phase(p), on(g_profiling.load(std::memory_order_relaxed)) {
-    if (on) start = std::chrono::steady_clock::now();
-  }
-  ~PhaseTimer() {
-    if (on) {
-      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                          std::chrono::steady_clock::now() - start).count();
-      g_phase_ns[phase].fetch_add(ns, std::memory_order_relaxed);
-    }
-  }
-};
-
-// --------------------------------------------------------------------------- block pool
-// The workspace saved for backward is large (R x W*H values: 65 MB for a batch of 256 x 50
-// steps x 256 units) and lives from one forward to its backward. Fresh memory from the OS
-// costs a page fault and a zeroing per 4 KB page, which took 15% of such a training step, so
-// workspaces come from a small pool of blocks this process has used before (new blocks ask
-// for transparent huge pages). A block goes back to the pool when its tensor is freed.
-
-class BlockPool {
- public:
-  static constexpr size_t kMinBytes = size_t(1) << 20;  // smaller buffers: at::empty
-  static constexpr size_t kKeep = 4;                    // free blocks kept at most
-
-  void* get(size_t bytes, size_t* capacity) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto best = free_.end();
-      for (auto it = free_.begin(); it != free_.end(); ++it)  // smallest block that fits
-        if (it->second >= bytes && it->second <= 2 * bytes &&
-            (best == free_.end() || it->second < best->second))
-          best = it;
-      if (best != free_.end()) {
-        void* p = best->first;
-        *capacity = best->second;
-        free_.erase(best);
-        return p;
-      }
-    }
-    constexpr size_t kHuge = size_t(2) << 20;
-    *capacity = (bytes + kHuge - 1) / kHuge * kHuge;
-    void* p = nullptr;
-    if (posix_memalign(&p, kHuge, *capacity) != 0) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-    madvise(p, *capacity, MADV_HUGEPAGE);
-#endif
-    return p;
-  }
-
-  void put(void* p, size_t capacity) {
-    std::lock_guard<std::mutex> lock(mu_);
-    free_.emplace_back(p, capacity);
-    if (free_.size() > kKeep) {  // drop the oldest
-      std::free(free_.front().first);
-      free_.erase(free_.begin());
-    }
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<std::pair<void*, size_t>> free_;
-};
-
-BlockPool& block_pool() {
-  static BlockPool* pool = new BlockPool();  // never destroyed: tensors may outlive statics
-  return *pool;
-}
-
-// at::empty for large internal buffers, from the block pool.
-at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  const size_t bytes = size_t(c10::multiply_integers(sizes)) * opts.dtype().itemsize();
-  if (bytes < BlockPool::kMinBytes) return at::empty(sizes, opts);
-  size_t capacity = 0;
-  void* p = block_pool().get(bytes, &capacity);
-  return at::from_blob(
-      p, sizes, [capacity](void* q) { block_pool().put(q, capacity); }, opts);
-}
-
-// ------------------------------------------------------------------------------------ GEMM
-
-bool blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
-
-// Column-major BLAS call.
-inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda,
-                      const float* b, int ldb, float beta, float* c, int ldc) {
-  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a,
-                      int lda, const double* b, int ldb, double beta, double* c, int ldc) {
-  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-
-// Row-major C[M,N] = op(A)[M,K] * op(B)[K,N] + beta * C, one thread.
-// op(A) = A (A is M x K, ld lda) or A^T (A is K x M); likewise B.
-template <typename T>
-void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
-                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
-    return;
-  }
-  if (blas_available()) {
-    // row-major C = A B  <=>  column-major C^T = B^T A^T
-    blas_gemm(tb ? 'T' : 'N', ta ? 'T' : 'N', int(N), int(M), int(K), T(1), B, int(ldb), A,
-              int(lda), beta, C, int(ldc));
-    return;
-  }
-  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  auto a = ta ? at::from_blob(const_cast<T*>(A), {K, M}, {lda, 1}, opts).t()
-              : at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, opts);
-  auto b = tb ? at::from_blob(const_cast<T*>(B), {N, K}, {ldb, 1}, opts).t()
-              : at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, opts);
-  auto c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
-  if (beta == T(0)) {
-    c.copy_(at::mm(a, b));
-  } else {
-    c.mul_(beta).add_(at::mm(a, b));
-  }
-}
-
-// Keeps BLAS single-threaded on this thread while it lives: the kernels parallelise around
-// BLAS calls themselves, with splits that do not depend on the thread count. ATen seeds this
-// thread's OpenMP pool size from MKL's thread count the first time it runs a parallel loop
-// here, so that happens before MKL's count is lowered, and the pool size is put back after.
-struct SingleThreadedBlas {
-  int previous = 0;
-  int omp_threads = 1;
-  SingleThreadedBlas() {
-    at::internal::lazy_init_num_threads();
-#ifdef _OPENMP
-    omp_threads = omp_get_max_threads();
-#endif
-    if (MKL_Set_Num_Threads_Local != nullptr) previous = MKL_Set_Num_Threads_Local(1);
-  }
-  ~SingleThreadedBlas() {
-    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
-#ifdef _OPENMP
-    if (omp_get_max_threads() != omp_threads) omp_set_num_threads(omp_threads);
-#endif
-  }
-};
-
-// The same product, split into at most 8 blocks of rows or columns of C, chosen from the shape
-// only, run in parallel. Blocks stay at least 64 wide and 1M multiply-adds big, so each BLAS
-// call stays efficient and a split pays for its synchronisation and cache traffic.
-template <typename T>
-void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-          int64_t ldb, T beta, T* C, int64_t ldc) {
-  constexpr int64_t kBlockWork = int64_t(1) << 20;
-  constexpr int64_t kMaxBlocks = 8, kMinSide = 64;
-  const bool split_rows = M >= N;
-  const int64_t side = split_rows ? M : N;
-  const int64_t work = M * N * K;
-  int64_t nblocks = std::min<int64_t>({kMaxBlocks, work / kBlockWork, side / kMinSide});
-  if (nblocks <= 1) {
-    gemm_serial(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
-    return;
-  }
-  const int64_t block = ((side + nblocks - 1) / nblocks + 15) / 16 * 16;
-  nblocks = (side + block - 1) / block;
-  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-    SingleThreadedBlas blas_guard;  // this worker's BLAS calls must not spawn threads of their own
-    for (int64_t bi = b0; bi < b1; ++bi) {
-      const int64_t s0 = bi * block, s1 = std::min(side, s0 + block);
-      if (split_rows) {
-        const T* Ab = ta ? A + s0 : A + s0 * lda;
-        gemm_serial(ta, tb, s1 - s0, N, K, Ab, lda, B, ldb, beta, C + s0 * ldc, ldc);
-      } else {
-        const T* Bb = tb ? B + s0 * ldb : B + s0;
-        gemm_serial(ta, tb, M, s1 - s0, K, A, lda, Bb, ldb, beta, C + s0, ldc);
-      }
-    }
-  });
-}
-
-// Rows [0, n) in parallel when the step has enough elements; the split depends on n, H only.
-template <typename F>
-void for_rows(int64_t n, int64_t H, const F& f) {
-  constexpr int64_t kMinElements = 8192;
-  const int64_t grain = std::max<int64_t>(1, kMinElements / std::max<int64_t>(H, 1));
-  if (n <= grain) {
-    f(0, n);
-  } else {
-    at::parallel_for(0, n, grain, f);
-  }
-}
-
-// --------------------------------------------------------------------------- vector math
-
-template <typename T>
-inline Vectorized<T> vsigmoid(Vectorized<T> a) {
-  const Vectorized<T> one(T(1));
-  return one / (one + a.neg().exp());
-}
-
-// tanh. float: a rational minimax approximation on [-7.99881, 7.99881] (odd degree 13 over
-// even degree 6, the form Eigen uses), within 3 ulp of tanh and twice as fast as Sleef's tanh;
-// double: Sleef's tanh (1 ulp), which the float64 tests compare against torch to 1e-10.
-template <typename T>
-inline Vectorized<T> vtanh(Vectorized<T> x) {
-  return x.tanh();
-}
-template <>
-inline Vectorized<float> vtanh(Vectorized<float> x) {
-  using V = Vectorized<float>;
-  const V c(7.99881172180175781f);
-  x = at::vec::minimum(at::vec::maximum(x, V(-7.99881172180175781f)), c);
-  const V x2 = x * x;
-  V p = at::vec::fmadd(x2, V(-2.76076847742355e-16f), V(2.00018790482477e-13f));
-  p = at::vec::fmadd(p, x2, V(-8.60467152213735e-11f));
-  p = at::vec::fmadd(p, x2, V(5.12229709037114e-08f));
-  p = at::vec::fmadd(p, x2, V(1.48572235717979e-05f));
-  p = at::vec::fmadd(p, x2, V(6.37261928875436e-04f));
-  p = at::vec::fmadd(p, x2, V(4.89352455891786e-03f));
-  V q = at::vec::fmadd(x2, V(1.19825839466702e-06f), V(1.18534705686654e-04f));
-  q = at::vec::fmadd(q, x2, V(2.26843463243900e-03f));
-  q = at::vec::fmadd(q, x2, V(4.89352518554385e-03f));
-  return p * x / q;
-}
-
-// minGRU's g(a) = a + 1/2 (a >= 0), sigma(a) (a < 0), and g'(a) from n = g(a): 1 if n >= 1/2,
-// else n (1 - n).
-template <typename T>
-inline Vectorized<T> vg(Vectorized<T> a) {
-  const Vectorized<T> zero(T(0)), half(T(0.5));
-  return Vectorized<T>::blendv(vsigmoid(a), a + half, a >= zero);
-}
-template <typename T>
-inline Vectorized<T> vg_grad_from_value(Vectorized<T> n) {
-  const Vectorized<T> one(T(1)), half(T(0.5));
-  return Vectorized<T>::blendv(n * (one - n), one, n >= half);
-}
-
-// Loads that treat a null pointer as a zero vector (an absent source of a pre-activation).
-template <typename T>
-inline Vectorized<T> load(const T* p, int64_t j, int64_t count) {
-  if (p == nullptr) return Vectorized<T>(T(0));
-  return count == Vectorized<T>::size() ? Vectorized<T>::loadu(p + j)
-                                         : Vectorized<T>::loadu(p + j, count);
-}
-template <typename T>
-inline void store(T* p, int64_t j, int64_t count, Vectorized<T> v) {
-  if (count == Vectorized<T>::size()) {
-    v.store(p + j);
-  } else {
-    v.store(p + j, count);
-  }
-}
-
-// Calls f(j, count) over [0, H) in vector-width chunks.
-template <typename T, typename F>
-inline void for_lanes(int64_t H, const F& f) {
-  constexpr int64_t W = Vectorized<T>::size();
-  int64_t j = 0;
-  for (; j + W <= H; j += W) f(j, W);
-  if (j < H) f(j, H - j);
-}
-
-// ------------------------------------------------------------------------------- layout
-
-enum CellKind : int64_t { kGruResetAfter = 0, kGruResetBefore = 1, kMgu = 2, kMinGru = 3 };
-
-// What feeds the gates of a variant (grukit/variants.py, Block flags) and where blocks sit.
-struct Layout {
-  int64_t cell;
-  int64_t G;       // number of gates (2: r, z; 1: f or minGRU's z)
-  bool gate_x;     // gates read x: weight_ih = [gates..., n], else [n]
-  bool gate_h;     // gates read h: weight_hh starts with the gates
-  bool gate_bias;  // gates have a bias in bias_hh: bias_hh = [gates..., n], else [n]
-  int64_t H;
-  // derived
-  int64_t Gx;  // blocks in weight_ih
-  int64_t K1;  // blocks in the first per-step GEMM (on h)
-  int64_t W;   // blocks saved per row for backward (the last one is h_{t-1})
-
-  int64_t x_n() const { return gate_x ? G * H : 0; }        // n's columns in weight_ih
-  int64_t bhh_n() const { return gate_bias ? G * H : 0; }  // n's entries in bias_hh
-};
-
-Layout make_layout(at::IntArrayRef spec, int64_t H) {
-  TORCH_CHECK(spec.size() == 5, "grukit: layout spec must have 5 entries");
-  Layout L{};
-  L.cell = spec[0];
-  L.G = spec[1];
-  L.gate_x = spec[2] != 0;
-  L.gate_h = spec[3] != 0;
-  L.gate_bias = spec[4] != 0;
-  L.H = H;
-  TORCH_CHECK(L.cell >= 0 && L.cell <= 3, "grukit: unknown cell kind ", L.cell);
-  L.Gx = L.gate_x ? L.G + 1 : 1;
-  switch (L.cell) {
-    case kGruResetAfter:
-      TORCH_CHECK(L.G == 2 && L.gate_x && L.gate_h, "grukit: reset-after needs x- and h-fed gates");
-      L.K1 = 3;
-      L.W = 5;  // r, z, n, hn = W_hn h + b_hn, h_prev
-      break;
-    case kGruResetBefore:
-      TORCH_CHECK(L.G == 2, "grukit: GRU cells have two gates");
-      L.K1 = L.gate_h ? 2 : 0;
-      L.W = 5;  // r, z, n, r*h, h_prev
-      break;
-    case kMgu:
-      TORCH_CHECK(L.G == 1, "grukit: MGU cells have one gate");
-      L.K1 = L.gate_h ? 1 : 0;
-      L.W = 4;  // f, n, f*h, h_prev
-      break;
-    default:
-      TORCH_CHECK(L.G == 1 && L.gate_x && !L.gate_h, "grukit: minGRU gates read x only");
-      L.K1 = 0;
-      L.W = 3;  // z, n, h_prev
-  }
-  return L;
-}
-
-// Pointers of one forward step. Rows are the step's batch rows 0..n-1.
-template <typename T>
-struct StepPtrs {
-  const T* gx;   // (n, Gx*H) input projection of this step (without bias_ih)
-  const T* bih;  // (Gx*H) or null
-  const T* bhh;  // bias_hh or null
-  T* g1;         // (n, K1*H) first GEMM on h, or null
-  T* c2;         // (n, H) candidate GEMM on r*h (reset-before), or null
-  T* h;          // (n, H) state, updated in place
-  T* rh;         // (n, H) r*h, input of the candidate GEMM (reset-before)
-  T* keep;       // (n, H) z or f, carried from phase 1 to phase 2 (reset-before)
-  T* ws;         // (n, W*H) saved for backward, or null
-};
-
-// ---------------------------------------------------------------------------- forward
-
-// Pre-activation of gate k at lanes [j, j+cnt) of one row: x part + bias_ih, h part, bias_hh.
-template <typename T>
-inline Vectorized<T> gate_preactivation(const Layout& L, const StepPtrs<T>& p, const T* gx,
-                                        const T* g1, int64_t k, int64_t j, int64_t cnt) {
-  using V = Vectorized<T>;
-  V a(T(0));
-  if (L.gate_x) {
-    a = load<T>(gx + k * L.H, j, cnt);
-    if (p.bih) a = a + load<T>(p.bih + k * L.H, j, cnt);
-  }
-  if (L.gate_h) a = a + load<T>(g1 + k * L.H, j, cnt);
-  if (L.gate_bias && p.bhh) a = a + load<T>(p.bhh + k * L.H, j, cnt);
-  return a;
-}
-
-// First element-wise pass of a step. Reset-after and minGRU finish the step here; reset-before
-// cells compute their gates and r*h, the input of the candidate GEMM.
-template <typename T>
-void forward_phase1(const Layout& L, const StepPtrs<T>& p, int64_t r0, int64_t r1) {
-  using V = Vectorized<T>;
-  const int64_t H = L.H, sx = L.Gx * H, s1 = L.K1 * H, sw = L.W * H;
-  for (int64_t b = r0; b < r1; ++b) {
-    const T* gx = p.gx + b * sx;
-    const T* g1 = p.g1 ? p.g1 + b * s1 : nullptr;
-    T* h = p.h + b * H;
-    T* ws = p.ws ? p.ws + b * sw : nullptr;
-    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-      const V hv = load<T>(h, j, cnt);
-      switch (L.cell) {
-        case kGruResetAfter: {
-          const V r = vsigmoid(gate_preactivation(L, p, gx, g1, 0, j, cnt));
-          const V z = vsigmoid(gate_preactivation(L, p, gx, g1, 1, j, cnt));
-          V xn = load<T>(gx + 2 * H, j, cnt), hn = load<T>(g1 + 2 * H, j, cnt);
-          if (p.bih) xn = xn + load<T>(p.bih + 2 * H, j, cnt);
-          if (p.bhh) hn = hn + load<T>(p.bhh + 2 * H, j, cnt);
-          const V n = vtanh(xn + r * hn);
-          store(h, j, cnt, n + z * (hv - n));
-          if (ws) {
-            store(ws, j, cnt, r);
-            store(ws + H, j, cnt, z);
-            store(ws + 2 * H, j, cnt, n);
-            store(ws + 3 * H, j, cnt, hn);
-            store(ws + 4 * H, j, cnt, hv);
-          }
-          break;
-        }
-        case kGruResetBefore:
-        case kMgu: {
-          const V r = vsigmoid(gate_preactivation(L, p, gx, g1, 0, j, cnt));  // r, or f
-          const V rh = r * hv;
-          store(p.rh + b * H, j, cnt, rh);
-          if (L.cell == kGruResetBefore) {
-            const V z = vsigmoid(gate_preactivation(L, p, gx, g1, 1, j, cnt));
-            store(p.keep + b * H, j, cnt, z);
-            if (ws) store(ws + H, j, cnt, z);
-          } else {
-            store(p.keep + b * H, j, cnt, r);
-          }
-          if (ws) {
-            store(ws, j, cnt, r);
-            store(ws + (L.W - 2) * H, j, cnt, rh);
-            store(ws + (L.W - 1) * H, j, cnt, hv);
-          }
-          break;
-        }
-        default: {  // minGRU: h' = h + z (g(a_n) - h)
-          const V z = vsigmoid(gate_preactivation(L, p, gx, g1, 0, j, cnt));
-          V xn = load<T>(gx + H, j, cnt);
-          if (p.bih) xn = xn + load<T>(p.bih + H, j, cnt);
-          const V n = vg(xn);
-          store(h, j, cnt, hv + z * (n - hv));
-          if (ws) {
-            store(ws, j, cnt, z);
-            store(ws + H, j, cnt, n);
-            store(ws + 2 * H, j, cnt, hv);
-          }
-        }
-      }
-    });
-  }
-}
-
-// Second element-wise pass of reset-before cells: the candidate and the state update.
-template <typename T>
-void forward_phase2(const Layout& L, const StepPtrs<T>& p, int64_t r0, int64_t r1) {
-  using V = Vectorized<T>;
-  const int64_t H = L.H, sx = L.Gx * H, sw = L.W * H;
-  const int64_t xn_off = L.x_n(), bn_off = L.bhh_n();
-  for (int64_t b = r0; b < r1; ++b) {
-    const T* gx = p.gx + b * sx;
-    const T* c2 = p.c2 + b * H;
-    const T* keep = p.keep + b * H;
-    T* h = p.h + b * H;
-    T* ws = p.ws ? p.ws + b * sw : nullptr;
-    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-      const V hv = load<T>(h, j, cnt);
-      V a = load<T>(gx + xn_off, j, cnt) + load<T>(c2, j, cnt);
-      if (p.bih) a = a + load<T>(p.bih + xn_off, j, cnt);
-      if (p.bhh) a = a + load<T>(p.bhh + bn_off, j, cnt);
-      const V n = vtanh(a);
-      const V g = load<T>(keep, j, cnt);
-      // GRU: h' = n + z (h - n); MGU: h' = h + f (n - h)
-      store(h, j, cnt, L.cell == kMgu ? hv + g * (n - hv) : n + g * (hv - n));
-      if (ws) store(ws + (L.cell == kMgu ? H : 2 * H), j, cnt, n);
-    });
-  }
-}
 
 struct Steps {
   std::vector<int64_t> n, off;  // rows and first packed row of each step
@@ -609,13 +119,29 @@ void for_row_blocks(const std::vector<std::pair<int64_t, int64_t>>& blocks, cons
   });
 }
 
+// The masks and gains of one call (null when the option is off).
 template <typename T>
+struct Extras {
+  const T* recurrent = nullptr;  // (N, H) recurrent-dropout mask, one row per sequence
+  const T* candidate = nullptr;  // (R, H) candidate-dropout mask, one row per packed row
+  const T* zoneout = nullptr;    // zoneout keep mask: (R, H), or (H,) for all rows
+  int64_t zoneout_ld = 0;        // its row stride: H, or 0
+  const T* ln_ih = nullptr;      // (Gx*H) layer-norm gains of the input pre-activations
+  const T* ln_hh = nullptr;      // (Kh*H) and of the recurrent ones
+
+  const T* candidate_row(int64_t row, int64_t H) const { return candidate ? candidate + row * H : nullptr; }
+  const T* zoneout_row(int64_t row) const { return zoneout ? zoneout + row * zoneout_ld : nullptr; }
+};
+
+// ---------------------------------------------------------------------------- forward
+
+template <typename T, typename Cell, bool kSave>
 void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tensor& x,
                   const at::Tensor& w_ih, const c10::optional<at::Tensor>& w_hh,
                   const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-                  at::Tensor& out, at::Tensor& h, at::Tensor* ws) {
+                  const Extras<T>& E, at::Tensor& out, at::Tensor& h, at::Tensor* ws) {
   const int64_t H = L.H, I = x.size(1), N = S.N;
-  const int64_t sx = L.Gx * H;
+  const int64_t sx = L.Gx * H, s1 = L.K1 * H, sw = L.ws_stride();
   auto opts = x.options();
   // the input projection runs a chunk of steps at a time, so the chunk stays in cache
   const auto chunks = make_chunks(S, rows_for<T>(sx, int64_t(1) << 19));
@@ -623,66 +149,120 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
   for (const auto& c : chunks) max_rows = std::max(max_rows, c.r1 - c.r0);
   at::Tensor gx = at::empty({max_rows, sx}, opts);
   const T* whh = ptr_or_null<T>(w_hh);
-  at::Tensor g1 = L.K1 > 0 ? at::empty({N, L.K1 * H}, opts) : at::Tensor();
-  const bool before = L.cell == kGruResetBefore || L.cell == kMgu;
-  at::Tensor scratch = before ? at::empty({3, N, H}, opts) : at::Tensor();
+  const T* bih = ptr_or_null<T>(b_ih);
+  const T* bhh = ptr_or_null<T>(b_hh);
+  at::Tensor g1 = L.K1 > 0 ? at::empty({N, s1}, opts) : at::Tensor();
+  at::Tensor scratch = L.before() ? at::empty({3, N, H}, opts) : at::Tensor();
+  at::Tensor hd = L.recurrent_mask ? at::empty({N, H}, opts) : at::Tensor();
+  T* g1p = L.K1 > 0 ? g1.data_ptr<T>() : nullptr;
+  T* rhp = L.before() ? scratch[0].data_ptr<T>() : nullptr;
+  T* c2p = L.before() ? scratch[1].data_ptr<T>() : nullptr;
+  T* keepp = L.before() ? scratch[2].data_ptr<T>() : nullptr;
+  T* hdp = L.recurrent_mask ? hd.data_ptr<T>() : nullptr;
   T* hp = h.data_ptr<T>();
   T* outp = out.data_ptr<T>();
-  StepPtrs<T> p{};
-  p.bih = ptr_or_null<T>(b_ih);
-  p.bhh = ptr_or_null<T>(b_hh);
-  p.g1 = L.K1 > 0 ? g1.data_ptr<T>() : nullptr;
-  p.h = hp;
-  T* c2 = before ? scratch[1].data_ptr<T>() : nullptr;
-  if (before) {
-    p.rh = scratch[0].data_ptr<T>();
-    p.c2 = c2;
-    p.keep = scratch[2].data_ptr<T>();
-  }
+  T* wsp = kSave ? ws->data_ptr<T>() : nullptr;
+  // the saved statistics of row `row`, from normalised block `k` (null in inference)
+  auto xhat_at = [&](int64_t row, int64_t block) -> T* {
+    return kSave ? wsp + row * sw + block * H : nullptr;
+  };
+  auto rstd_at = [&](int64_t row, int64_t k) -> T* {
+    return kSave ? wsp + row * sw + L.W * H + k : nullptr;
+  };
+
   // the steps of chunk c for batch rows [lo, hi)
   auto run_steps = [&](const Chunk& c, int64_t lo, int64_t hi) {
-    StepPtrs<T> q = p;
-    q.h = hp + lo * H;
-    if (L.K1 > 0) q.g1 = p.g1 + lo * L.K1 * H;
-    if (before) {
-      q.rh = p.rh + lo * H;
-      q.c2 = c2 + lo * H;
-      q.keep = p.keep + lo * H;
-    }
+    T* hrow = hp + lo * H;
     for (int64_t i = 0; i < c.t1 - c.t0; ++i) {
       const int64_t t = reverse ? c.t1 - 1 - i : c.t0 + i;
       const int64_t n = std::min(S.n[t], hi) - lo, off = S.off[t] + lo;  // off: packed row of lo
       if (n <= 0) continue;
-      q.gx = gx.data_ptr<T>() + (off - c.r0) * sx;
-      q.ws = ws ? ws->data_ptr<T>() + off * L.W * H : nullptr;
-      if (L.K1 > 0) {  // g1 = h W1^T, W1 = the first K1*H rows of weight_hh
-        PhaseTimer timer(kStepGemm);
-        gemm<T>(false, true, n, L.K1 * H, H, q.h, H, whh, H, T(0), q.g1, L.K1 * H);
-      }
-      {
+      const T* src = hrow;  // what the recurrent matmuls read
+      if (L.recurrent_mask) {  // h~ = m * h
         PhaseTimer timer(kStepElementwise);
-        for_rows(n, H, [&](int64_t r0, int64_t r1) { forward_phase1<T>(L, q, r0, r1); });
+        for (int64_t b = 0; b < n; ++b) {
+          const T* m = E.recurrent + (lo + b) * H;
+          for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+            const Vec<T> v = load<T>(hrow + b * H, j, cnt) * load<T>(m, j, cnt);
+            store(hdp + (lo + b) * H, j, cnt, v);
+            if (kSave) store(wsp + (off + b) * sw + L.ws_hd * H, j, cnt, v);
+          });
+        }
+        src = hdp + lo * H;
       }
-      if (before) {  // candidate GEMM on r*h with the last H rows of weight_hh
+      if (L.K1 > 0) {  // g1 = h~ W1^T, W1 = the first K1*H rows of weight_hh
         {
           PhaseTimer timer(kStepGemm);
-          gemm<T>(false, true, n, H, H, q.rh, H, whh + L.K1 * H * H, H, T(0), q.c2, H);
+          gemm<T>(false, true, n, s1, H, src, H, whh, H, T(0), g1p + lo * s1, s1);
+        }
+        if (L.layer_norm) {
+          PhaseTimer timer(kStepElementwise);
+          for_rows(n, s1, [&](int64_t r0, int64_t r1) {
+            layer_norm_rows<T>(g1p + lo * s1, s1, L.K1, H, E.ln_hh, xhat_at(off, L.ws_xhat_h),
+                               rstd_at(off, L.Gx), sw, r0, r1);
+          });
+        }
+      }
+      auto row = [&](int64_t b) {
+        FwdRow<T> q{};
+        q.gx = gx.data_ptr<T>() + (off - c.r0 + b) * sx;
+        q.bih = bih;
+        q.bhh = bhh;
+        q.g1 = g1p ? g1p + (lo + b) * s1 : nullptr;
+        q.c2 = c2p ? c2p + (lo + b) * H : nullptr;
+        q.src = src + b * H;
+        q.cand = E.candidate_row(off + b, H);
+        q.zone = E.zoneout_row(off + b);
+        q.h = hrow + b * H;
+        q.rh = rhp ? rhp + (lo + b) * H : nullptr;
+        q.keep = keepp ? keepp + (lo + b) * H : nullptr;
+        q.ws = kSave ? wsp + (off + b) * sw : nullptr;
+        return q;
+      };
+      {
+        PhaseTimer timer(kStepElementwise);
+        for_rows(n, H, [&](int64_t r0, int64_t r1) {
+          for (int64_t b = r0; b < r1; ++b) {
+            const FwdRow<T> q = row(b);
+            for_lanes<T>(H, [&](int64_t j, int64_t cnt) { Cell::template forward1<T, kSave>(L, q, j, cnt); });
+          }
+        });
+      }
+      if constexpr (Cell::kTwoPhase) {  // candidate GEMM on r * h~ with the last H rows of weight_hh
+        {
+          PhaseTimer timer(kStepGemm);
+          gemm<T>(false, true, n, H, H, rhp + lo * H, H, whh + L.K1 * H * H, H, T(0), c2p + lo * H, H);
         }
         PhaseTimer timer(kStepElementwise);
-        for_rows(n, H, [&](int64_t r0, int64_t r1) { forward_phase2<T>(L, q, r0, r1); });
+        if (L.layer_norm)
+          for_rows(n, H, [&](int64_t r0, int64_t r1) {
+            layer_norm_rows<T>(c2p + lo * H, H, 1, H, E.ln_hh + s1,
+                               xhat_at(off, L.ws_xhat_h + L.K1), rstd_at(off, L.Gx + L.K1), sw, r0, r1);
+          });
+        for_rows(n, H, [&](int64_t r0, int64_t r1) {
+          for (int64_t b = r0; b < r1; ++b) {
+            const FwdRow<T> q = row(b);
+            for_lanes<T>(H, [&](int64_t j, int64_t cnt) { Cell::template forward2<T, kSave>(L, q, j, cnt); });
+          }
+        });
       }
       PhaseTimer timer(kStepCopy);
-      std::copy(q.h, q.h + n * H, outp + off * H);
+      std::copy(hrow, hrow + n * H, outp + off * H);
     }
   };
   const auto blocks = row_blocks(L, N);
   const int64_t nchunks = int64_t(chunks.size());
   for (int64_t ci = 0; ci < nchunks; ++ci) {
     const Chunk& c = chunks[reverse ? nchunks - 1 - ci : ci];
-    {  // gx = x W_ih^T for the chunk's rows
+    {  // gx = x W_ih^T for the chunk's rows, then (layer_norm) normalised block by block
       PhaseTimer timer(kInputGemm);
       gemm<T>(false, true, c.r1 - c.r0, sx, I, x.data_ptr<T>() + c.r0 * I, I, w_ih.data_ptr<T>(),
               I, T(0), gx.data_ptr<T>(), sx);
+      if (L.layer_norm)
+        for_rows(c.r1 - c.r0, sx, [&](int64_t r0, int64_t r1) {
+          layer_norm_rows<T>(gx.data_ptr<T>(), sx, L.Gx, H, E.ln_ih, xhat_at(c.r0, L.ws_xhat_x),
+                             rstd_at(c.r0, 0), sw, r0, r1);
+        });
     }
     for_row_blocks(blocks, [&](int64_t lo, int64_t hi) { run_steps(c, lo, hi); });
   }
@@ -690,133 +270,36 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
 
 // ---------------------------------------------------------------------------- backward
 
-// Pre-activation gradients dA, one row per packed row, in blocks:
-//   reset-after: [da_r, da_z, da_n * r, da_n]: the first three blocks are the gradients of the
-//     h-side pre-activations (rows of weight_hh), blocks 0, 1, 3 those of the x side;
-//   otherwise:   [gates..., da_n]: the x-fed blocks are the last Gx, the h-fed gates the first
-//     K1, and the candidate GEMM's gradient is da_n.
-int64_t dA_blocks(const Layout& L) { return L.cell == kGruResetAfter ? 4 : L.G + 1; }
-
-// Element-wise backward of one step, first pass (for reset-after and minGRU the only one).
-// dh: (n, H) gradient w.r.t. h' on entry (dout of this step is added here); on exit the part
-// of dL/dh_{t-1} that does not go through a GEMM.
-template <typename T>
-void backward_phase1(const Layout& L, const T* ws, const T* dout, T* dh, T* dA, int64_t r0,
-                     int64_t r1) {
-  using V = Vectorized<T>;
-  const int64_t H = L.H, sw = L.W * H, sa = dA_blocks(L) * H;
-  const V one(T(1));
-  for (int64_t b = r0; b < r1; ++b) {
-    const T* w = ws + b * sw;
-    T* dhb = dh + b * H;
-    T* da = dA + b * sa;
-    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-      const V g = load<T>(dhb, j, cnt) + load<T>(dout + b * H, j, cnt);
-      switch (L.cell) {
-        case kGruResetAfter: {
-          const V r = load<T>(w, j, cnt), z = load<T>(w + H, j, cnt), n = load<T>(w + 2 * H, j, cnt);
-          const V hn = load<T>(w + 3 * H, j, cnt), hp = load<T>(w + 4 * H, j, cnt);
-          const V dan = g * (one - z) * (one - n * n);
-          store(da, j, cnt, dan * hn * r * (one - r));
-          store(da + H, j, cnt, g * (hp - n) * z * (one - z));
-          store(da + 2 * H, j, cnt, dan * r);
-          store(da + 3 * H, j, cnt, dan);
-          store(dhb, j, cnt, g * z);
-          break;
-        }
-        case kGruResetBefore: {
-          const V z = load<T>(w + H, j, cnt), n = load<T>(w + 2 * H, j, cnt);
-          const V hp = load<T>(w + 4 * H, j, cnt);
-          store(da + H, j, cnt, g * (hp - n) * z * (one - z));
-          store(da + 2 * H, j, cnt, g * (one - z) * (one - n * n));
-          store(dhb, j, cnt, g * z);
-          break;
-        }
-        case kMgu: {
-          const V f = load<T>(w, j, cnt), n = load<T>(w + H, j, cnt), hp = load<T>(w + 3 * H, j, cnt);
-          store(da + H, j, cnt, g * f * (one - n * n));
-          store(da, j, cnt, g * (n - hp));  // df from the update; phase 2 adds the reset part
-          store(dhb, j, cnt, g * (one - f));
-          break;
-        }
-        default: {  // minGRU
-          const V z = load<T>(w, j, cnt), n = load<T>(w + H, j, cnt), hp = load<T>(w + 2 * H, j, cnt);
-          store(da, j, cnt, g * (n - hp) * z * (one - z));
-          store(da + H, j, cnt, g * z * vg_grad_from_value(n));
-          store(dhb, j, cnt, g * (one - z));
-        }
-      }
-    });
-  }
-}
-
-// Second pass of reset-before cells, after drh = da_n W_hn: the reset gate's share.
-template <typename T>
-void backward_phase2(const Layout& L, const T* ws, const T* drh, T* dh, T* dA, int64_t r0,
-                     int64_t r1) {
-  using V = Vectorized<T>;
-  const int64_t H = L.H, sw = L.W * H, sa = dA_blocks(L) * H;
-  const V one(T(1));
-  for (int64_t b = r0; b < r1; ++b) {
-    const T* w = ws + b * sw;
-    T* dhb = dh + b * H;
-    T* da = dA + b * sa;
-    const T* d = drh + b * H;
-    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-      const V r = load<T>(w, j, cnt);  // r, or f for MGU
-      const V hp = load<T>(w + (L.W - 1) * H, j, cnt);
-      const V dv = load<T>(d, j, cnt);
-      store(dhb, j, cnt, load<T>(dhb, j, cnt) + dv * r);
-      V dr = dv * hp;
-      if (L.cell == kMgu) dr = dr + load<T>(da, j, cnt);
-      store(da, j, cnt, dr * r * (one - r));
-    });
-  }
-}
-
-// out[c] (+)= sum over rows of A[r, c], rows ascending: a fixed order, whatever the threads.
-template <typename T>
-void column_sums(const T* A, int64_t R, int64_t C, int64_t ld, T* out, bool accumulate) {
-  PhaseTimer timer(kBiasSums);
-  constexpr int64_t kCols = 64;
-  const int64_t nb = (C + kCols - 1) / kCols;
-  at::parallel_for(0, nb, R * kCols < 65536 ? nb : 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t bi = b0; bi < b1; ++bi) {
-      const int64_t c0 = bi * kCols, c1 = std::min(C, c0 + kCols);
-      T acc[kCols];
-      for (int64_t c = c0; c < c1; ++c) acc[c - c0] = T(0);
-      for (int64_t r = 0; r < R; ++r) {
-        const T* row = A + r * ld;
-        for (int64_t c = c0; c < c1; ++c) acc[c - c0] += row[c];
-      }
-      for (int64_t c = c0; c < c1; ++c) out[c] = accumulate ? out[c] + acc[c - c0] : acc[c - c0];
-    }
-  });
-}
-
 // A run of dA columns [col, col + width) and the rows [row, row + width) of the parameter it
 // is the gradient of.
 struct Segment {
   int64_t col, row, width;
 };
 
-// Gradients of one layer-direction: the per-step recursion, chunk by chunk in reverse order of
-// the forward pass, and for every chunk the parameter and input gradients from its dA while it
-// is still in cache. When the steps are too small to share between threads, a second thread
-// computes a chunk's gradients while the first runs the next chunk's recursion (two dA
-// buffers). Either way each gradient sums the chunks in the same order: the results do not
-// depend on the thread count.
-// grads (out): dx, dW_ih, dW_hh, db_ih, db_hh (undefined when not wanted).
-template <typename T>
+// Pre-activation gradients dA, one row per packed row (Layout::da_width blocks):
+//   reset-after: [da_r, da_z, da_n * r, da_n]: the first three blocks are the gradients of the
+//     h-side pre-activations (rows of weight_hh), blocks 0, 1, 3 those of the x side;
+//   otherwise:   [gates..., da_n]: the x-fed blocks are the last Gx, the h-fed gates the first
+//     K1, and the candidate GEMM's gradient is da_n;
+//   with layer_norm, Kh more blocks (from da_du) hold the gradients of the raw recurrent
+//     products U h~ (the first blocks hold those of the normalised ones, which the biases and
+//     gains take); the GEMMs read these.
+//
+// The recursion runs chunk by chunk in reverse order of the forward pass, and every chunk's
+// parameter and input gradients are formed from its dA while it is still in cache. When the
+// steps are too small to share between threads, a second thread computes a chunk's gradients
+// while the first runs the next chunk's recursion (two dA buffers). Either way each gradient
+// sums the chunks in the same order: the results do not depend on the thread count.
+// grads (out): dx, dW_ih, dW_hh, db_ih, db_hh, d ln_ih, d ln_hh (undefined when not wanted).
+template <typename T, typename Cell>
 void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tensor& x,
                    const at::Tensor& w_ih, const c10::optional<at::Tensor>& w_hh,
-                   const at::Tensor& ws, const at::Tensor& dout, at::Tensor& dh,
+                   const at::Tensor& ws, const at::Tensor& dout, const Extras<T>& E, at::Tensor& dh,
                    at::Tensor& dx, at::Tensor& dw_ih, at::Tensor& dw_hh, at::Tensor& db_ih,
-                   at::Tensor& db_hh) {
-  const int64_t H = L.H, N = S.N, I = x.size(1), sw = L.W * H;
-  const int64_t sa = dA_blocks(L) * H;
+                   at::Tensor& db_hh, at::Tensor& dln_ih, at::Tensor& dln_hh) {
+  const int64_t H = L.H, N = S.N, I = x.size(1), sw = L.ws_stride(), sx = L.Gx * H;
+  const int64_t sa = L.da_width * H;
   const T* whh = ptr_or_null<T>(w_hh);
-  const bool before = L.cell == kGruResetBefore || L.cell == kMgu;
   const bool serial = steps_are_serial(L, N);
   // chunks of at most ~1 MB of dA; when the recursion is serial, at least 4 chunks (if the
   // sequence has the steps), so the gradient work can overlap it
@@ -833,59 +316,109 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
   const bool overlap = false;
 #endif
   at::Tensor dA = at::empty({overlap ? 2 : 1, max_rows, sa}, x.options());
-  at::Tensor drh = before ? at::empty({N, H}, x.options()) : at::Tensor();
+  at::Tensor drh = L.before() ? at::empty({N, H}, x.options()) : at::Tensor();
+  at::Tensor dhd = L.recurrent_mask ? at::empty({N, H}, x.options()) : at::Tensor();
+  at::Tensor dux = L.layer_norm ? at::empty({max_rows, sx}, x.options()) : at::Tensor();
+  const T* wsp = ws.data_ptr<T>();
 
   // which dA columns feed which parameter rows
-  std::vector<Segment> x_seg, hprev_seg, rh_seg, bhh_seg;
+  const int64_t du0 = L.layer_norm && L.Kh > 0 ? L.da_du * H : 0;  // the recurrent GEMMs' columns
+  std::vector<Segment> x_seg, hprev_seg, rh_seg, bhh_seg, hln_seg;
   if (L.cell == kGruResetAfter) {
     x_seg = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
-    hprev_seg = {{0, 0, 3 * H}};
+    hprev_seg = {{du0, 0, 3 * H}};
     bhh_seg = {{0, 0, 3 * H}};
+    hln_seg = {{0, 0, 3 * H}};
   } else {
     x_seg = {{(L.G + 1 - L.Gx) * H, 0, L.Gx * H}};
-    if (L.K1 > 0) hprev_seg = {{0, 0, L.K1 * H}};
-    if (L.cell != kMinGru) {
-      rh_seg = {{L.G * H, L.K1 * H, H}};
+    if (L.K1 > 0) {
+      hprev_seg = {{du0, 0, L.K1 * H}};
+      hln_seg = {{0, 0, L.K1 * H}};
+    }
+    if (L.before()) {
+      rh_seg = {{L.layer_norm ? (L.da_du + L.K1) * H : L.G * H, L.K1 * H, H}};
       bhh_seg = {{L.gate_bias ? 0 : L.G * H, 0, (L.gate_bias ? L.G + 1 : 1) * H}};
+      hln_seg.push_back({L.G * H, L.K1 * H, H});
     }
   }
+  const int64_t c_col = rh_seg.empty() ? 0 : rh_seg[0].col;  // the candidate GEMM's gradient
 
   // the ci-th chunk to process: the forward order, backwards
   auto chunk_at = [&](int64_t ci) -> const Chunk& { return chunks[reverse ? ci : nchunks - 1 - ci]; };
 
+  // layer-norm backward of K recurrent blocks starting at dy column `col` / stats block k0
+  auto ln_back = [&](const T* w, T* da, int64_t n, int64_t col, int64_t k0, int64_t K, int64_t du_col) {
+    PhaseTimer timer(kBackElementwise);
+    for_rows(n, K * H, [&](int64_t r0, int64_t r1) {
+      for (int64_t b = r0; b < r1; ++b)
+        layer_norm_backward_row<T>(da + b * sa + col, w + b * sw + (L.ws_xhat_h + k0) * H,
+                                   w + b * sw + L.W * H + L.Gx + k0, E.ln_hh + k0 * H, K, H,
+                                   da + b * sa + du_col);
+    });
+  };
+
   // the recursion over one chunk's steps for batch rows [lo, hi), writing their dA into dAc
   auto recurse_rows = [&](const Chunk& c, T* dAc, int64_t lo, int64_t hi) {
     T* dhp = dh.data_ptr<T>() + lo * H;
-    T* drhp = before ? drh.data_ptr<T>() + lo * H : nullptr;
+    T* drhp = L.before() ? drh.data_ptr<T>() + lo * H : nullptr;
+    // dL/dh~: a buffer of its own with recurrent dropout, else dL/dh itself
+    T* dsrc = L.recurrent_mask ? dhd.data_ptr<T>() + lo * H : dhp;
+    const T beta = L.recurrent_mask ? T(0) : T(1);
     for (int64_t i = 0; i < c.t1 - c.t0; ++i) {
       const int64_t t = reverse ? c.t0 + i : c.t1 - 1 - i;
       const int64_t n = std::min(S.n[t], hi) - lo, off = S.off[t] + lo;
       if (n <= 0) continue;
-      const T* w = ws.data_ptr<T>() + off * sw;
+      const T* w = wsp + off * sw;
       T* da = dAc + (off - c.r0) * sa;
       const T* go = dout.data_ptr<T>() + off * H;
       {
         PhaseTimer timer(kBackElementwise);
-        for_rows(n, H, [&](int64_t r0, int64_t r1) { backward_phase1<T>(L, w, go, dhp, da, r0, r1); });
+        for_rows(n, H, [&](int64_t r0, int64_t r1) {
+          for (int64_t b = r0; b < r1; ++b) {
+            const BackRow<T> q{w + b * sw, go + b * H, E.candidate_row(off + b, H),
+                               E.zoneout_row(off + b), dhp + b * H, da + b * sa};
+            for_lanes<T>(H, [&](int64_t j, int64_t cnt) { Cell::template backward1<T>(L, q, j, cnt); });
+          }
+        });
       }
-      if (L.cell == kGruResetAfter) {  // dh += [da_r, da_z, da_n r] W_hh
-        PhaseTimer timer(kBackStepGemm);
-        gemm<T>(false, false, n, H, 3 * H, da, sa, whh, H, T(1), dhp, H);
-      } else if (before) {
-        // drh = da_n W_hn, then the reset gate's share, then dh += da_gates W_gates
+      if constexpr (!Cell::kTwoPhase) {
+        if (L.cell == kGruResetAfter) {  // dh~ (+)= [da_r, da_z, da_n r] W_hh
+          if (L.layer_norm) ln_back(w, da, n, 0, 0, 3, du0);
+          PhaseTimer timer(kBackStepGemm);
+          gemm<T>(false, false, n, H, 3 * H, da + du0, sa, whh, H, beta, dsrc, H);
+        }
+      } else {
+        // drh = da_n W_hn, then the reset gate's share, then dh~ += da_gates W_gates
+        if (L.layer_norm) ln_back(w, da, n, L.G * H, L.K1, 1, c_col);
         {
           PhaseTimer timer(kBackStepGemm);
-          gemm<T>(false, false, n, H, H, da + L.G * H, sa, whh + L.K1 * H * H, H, T(0), drhp,
-                  H);
+          gemm<T>(false, false, n, H, H, da + c_col, sa, whh + L.K1 * H * H, H, T(0), drhp, H);
         }
         {
           PhaseTimer timer(kBackElementwise);
           for_rows(n, H, [&](int64_t r0, int64_t r1) {
-            backward_phase2<T>(L, w, drhp, dhp, da, r0, r1);
+            for (int64_t b = r0; b < r1; ++b)
+              for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+                Cell::template backward2<T>(L, w + b * sw, drhp + b * H, dsrc + b * H,
+                                            L.recurrent_mask, da + b * sa, j, cnt);
+              });
           });
         }
-        PhaseTimer timer(kBackStepGemm);
-        if (L.K1 > 0) gemm<T>(false, false, n, H, L.K1 * H, da, sa, whh, H, T(1), dhp, H);
+        if (L.K1 > 0) {
+          if (L.layer_norm) ln_back(w, da, n, 0, 0, L.K1, du0);
+          PhaseTimer timer(kBackStepGemm);
+          gemm<T>(false, false, n, H, L.K1 * H, da + du0, sa, whh, H, T(1), dsrc, H);
+        }
+      }
+      if (L.recurrent_mask) {  // dh += m * dh~
+        PhaseTimer timer(kBackElementwise);
+        for (int64_t b = 0; b < n; ++b) {
+          const T* m = E.recurrent + (lo + b) * H;
+          for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+            store(dhp + b * H, j, cnt,
+                  load<T>(dhp + b * H, j, cnt) + load<T>(m, j, cnt) * load<T>(dsrc + b * H, j, cnt));
+          });
+        }
       }
     }
   };
@@ -897,31 +430,60 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
   auto chunk_grads = [&](const Chunk& c, const T* dAc, bool first) {
     const int64_t rows = c.r1 - c.r0;
     const T* xc = x.data_ptr<T>() + c.r0 * I;
-    const T* wsc = ws.data_ptr<T>() + c.r0 * sw;
+    const T* wsc = wsp + c.r0 * sw;
     PhaseTimer timer(kWeightGemm);
-    for (size_t k = 0; k < x_seg.size(); ++k) {
-      const Segment& sg = x_seg[k];
-      if (dx.defined())  // dx = sum over segments of dA_seg W_ih[seg rows]
-        gemm<T>(false, false, rows, I, sg.width, dAc + sg.col, sa,
-                w_ih.data_ptr<T>() + sg.row * I, I, T(k == 0 ? 0 : 1),
+    if (L.layer_norm) {
+      // the raw input products' gradients, block by block, into dux; the GEMMs read those
+      T* du = dux.data_ptr<T>();
+      for_rows(rows, sx, [&](int64_t r0, int64_t r1) {
+        for (int64_t b = r0; b < r1; ++b)
+          for (const Segment& sg : x_seg)
+            for (int64_t k = 0; k < sg.width / H; ++k) {
+              const int64_t blk = sg.row / H + k;  // the block of weight_ih
+              layer_norm_backward_row<T>(dAc + b * sa + sg.col + k * H,
+                                         wsc + b * sw + (L.ws_xhat_x + blk) * H,
+                                         wsc + b * sw + L.W * H + blk, E.ln_ih + blk * H, 1, H,
+                                         du + b * sx + blk * H);
+            }
+      });
+      if (dx.defined())
+        gemm<T>(false, false, rows, I, sx, du, sx, w_ih.data_ptr<T>(), I, T(0),
                 dx.data_ptr<T>() + c.r0 * I, I);
       if (dw_ih.defined())
-        gemm<T>(true, false, sg.width, I, rows, dAc + sg.col, sa, xc, I, T(first ? 0 : 1),
-                dw_ih.data_ptr<T>() + sg.row * I, I);
+        gemm<T>(true, false, sx, I, rows, du, sx, xc, I, T(first ? 0 : 1), dw_ih.data_ptr<T>(), I);
+    }
+    for (size_t k = 0; k < x_seg.size(); ++k) {
+      const Segment& sg = x_seg[k];
+      if (!L.layer_norm) {
+        if (dx.defined())  // dx = sum over segments of dA_seg W_ih[seg rows]
+          gemm<T>(false, false, rows, I, sg.width, dAc + sg.col, sa,
+                  w_ih.data_ptr<T>() + sg.row * I, I, T(k == 0 ? 0 : 1),
+                  dx.data_ptr<T>() + c.r0 * I, I);
+        if (dw_ih.defined())
+          gemm<T>(true, false, sg.width, I, rows, dAc + sg.col, sa, xc, I, T(first ? 0 : 1),
+                  dw_ih.data_ptr<T>() + sg.row * I, I);
+      }
       if (db_ih.defined())
         column_sums<T>(dAc + sg.col, rows, sg.width, sa, db_ih.data_ptr<T>() + sg.row, !first);
+      if (dln_ih.defined())
+        column_dot_sums<T>(dAc + sg.col, sa, wsc + L.ws_xhat_x * H + sg.row, sw, rows, sg.width,
+                           dln_ih.data_ptr<T>() + sg.row, !first);
     }
     if (dw_hh.defined()) {
-      for (const Segment& sg : hprev_seg)  // h_{t-1} is the workspace's last block
-        gemm<T>(true, false, sg.width, H, rows, dAc + sg.col, sa, wsc + (L.W - 1) * H, sw,
+      for (const Segment& sg : hprev_seg)  // the matmuls' source: h_{t-1}, or h~_{t-1}
+        gemm<T>(true, false, sg.width, H, rows, dAc + sg.col, sa, wsc + L.ws_src() * H, sw,
                 T(first ? 0 : 1), dw_hh.data_ptr<T>() + sg.row * H, H);
-      for (const Segment& sg : rh_seg)  // r*h sits just before h_{t-1}
-        gemm<T>(true, false, sg.width, H, rows, dAc + sg.col, sa, wsc + (L.W - 2) * H, sw,
+      for (const Segment& sg : rh_seg)
+        gemm<T>(true, false, sg.width, H, rows, dAc + sg.col, sa, wsc + L.ws_rh * H, sw,
                 T(first ? 0 : 1), dw_hh.data_ptr<T>() + sg.row * H, H);
     }
     if (db_hh.defined())
       for (const Segment& sg : bhh_seg)
         column_sums<T>(dAc + sg.col, rows, sg.width, sa, db_hh.data_ptr<T>() + sg.row, !first);
+    if (dln_hh.defined())
+      for (const Segment& sg : hln_seg)
+        column_dot_sums<T>(dAc + sg.col, sa, wsc + L.ws_xhat_h * H + sg.row, sw, rows, sg.width,
+                           dln_hh.data_ptr<T>() + sg.row, !first);
   };
 
   if (!overlap) {
@@ -969,9 +531,14 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
 
 // ------------------------------------------------------------------------------ checks
 
+bool present(const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined() && t->numel() > 0; }
+
 void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
                   const c10::optional<at::Tensor>& w_hh, const c10::optional<at::Tensor>& b_ih,
-                  const c10::optional<at::Tensor>& b_hh, const Layout& L, const Steps& S) {
+                  const c10::optional<at::Tensor>& b_hh, const Layout& L, const Steps& S,
+                  const c10::optional<at::Tensor>& recurrent, const c10::optional<at::Tensor>& candidate,
+                  const c10::optional<at::Tensor>& zoneout, const c10::optional<at::Tensor>& ln_ih,
+                  const c10::optional<at::Tensor>& ln_hh) {
   const auto dt = x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "grukit: float32 or float64 expected");
   auto check = [&](const at::Tensor& t, const char* name, at::IntArrayRef shape) {
@@ -984,16 +551,46 @@ void check_inputs(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w
   check(x, "x", {S.R, x.size(1)});
   check(h0, "h0", {S.N, H});
   check(w_ih, "weight_ih", {L.Gx * H, x.size(1)});
-  const int64_t gh = (L.cell == kGruResetAfter ? 3 : (L.cell == kMinGru ? 0 : L.K1 + 1)) * H;
-  if (gh > 0) {
-    TORCH_CHECK(w_hh.has_value() && w_hh->defined(), "grukit: weight_hh missing");
-    check(*w_hh, "weight_hh", {gh, H});
+  if (L.Kh > 0) {
+    TORCH_CHECK(present(w_hh), "grukit: weight_hh missing");
+    check(*w_hh, "weight_hh", {L.Kh * H, H});
   }
-  if (b_ih.has_value() && b_ih->defined() && b_ih->numel() > 0) check(*b_ih, "bias_ih", {L.Gx * H});
-  if (b_hh.has_value() && b_hh->defined() && b_hh->numel() > 0) {
+  if (present(b_ih)) check(*b_ih, "bias_ih", {L.Gx * H});
+  if (present(b_hh)) {
     const int64_t bh = L.cell == kGruResetAfter ? 3 * H : (L.gate_bias ? L.G + 1 : 1) * H;
     check(*b_hh, "bias_hh", {bh});
   }
+  if (present(recurrent)) check(*recurrent, "the recurrent-dropout mask", {S.N, H});
+  if (present(candidate)) check(*candidate, "the candidate-dropout mask", {S.R, H});
+  if (present(zoneout)) {
+    if (zoneout->dim() == 1) {
+      check(*zoneout, "the zoneout mask", {H});
+    } else {
+      check(*zoneout, "the zoneout mask", {S.R, H});
+    }
+  }
+  TORCH_CHECK(present(ln_ih) == L.layer_norm, "grukit: layer-norm gains: ln_ih is needed iff layer_norm");
+  if (L.layer_norm) {
+    check(*ln_ih, "layer_norm_ih", {L.Gx * H});
+    TORCH_CHECK(present(ln_hh) == (L.Kh > 0), "grukit: layer_norm_hh is needed iff the cell reads h");
+    if (L.Kh > 0) check(*ln_hh, "layer_norm_hh", {L.Kh * H});
+  }
+}
+
+template <typename T>
+Extras<T> make_extras(int64_t H, const c10::optional<at::Tensor>& recurrent,
+                      const c10::optional<at::Tensor>& candidate,
+                      const c10::optional<at::Tensor>& zoneout,
+                      const c10::optional<at::Tensor>& ln_ih,
+                      const c10::optional<at::Tensor>& ln_hh) {
+  Extras<T> e;
+  e.recurrent = ptr_or_null<T>(recurrent);
+  e.candidate = ptr_or_null<T>(candidate);
+  e.zoneout = ptr_or_null<T>(zoneout);
+  e.zoneout_ld = present(zoneout) && zoneout->dim() == 2 ? H : 0;
+  e.ln_ih = ptr_or_null<T>(ln_ih);
+  e.ln_hh = ptr_or_null<T>(ln_hh);
+  return e;
 }
 
 // ------------------------------------------------------------------------------ ops
@@ -1002,36 +599,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
     const c10::optional<at::Tensor>& w_hh, const c10::optional<at::Tensor>& b_ih,
     const c10::optional<at::Tensor>& b_hh, const at::Tensor& batch_sizes, at::IntArrayRef spec,
-    bool reverse, bool save) {
+    bool reverse, bool save, const c10::optional<at::Tensor>& recurrent,
+    const c10::optional<at::Tensor>& candidate, const c10::optional<at::Tensor>& zoneout,
+    const c10::optional<at::Tensor>& ln_ih, const c10::optional<at::Tensor>& ln_hh) {
   const Steps S = make_steps(batch_sizes);
-  const Layout L = make_layout(spec, h0.size(1));
-  check_inputs(x, h0, w_ih, w_hh, b_ih, b_hh, L, S);
+  const Layout L = make_layout(spec, h0.size(1), present(recurrent), present(ln_ih));
+  check_inputs(x, h0, w_ih, w_hh, b_ih, b_hh, L, S, recurrent, candidate, zoneout, ln_ih, ln_hh);
   g_calls.fetch_add(1);
   SingleThreadedBlas blas_guard;
   at::Tensor out = at::empty({S.R, L.H}, x.options());
   at::Tensor h = h0.clone();
   at::Tensor ws =
-      save ? pooled_empty({S.R, L.W * L.H}, x.options()) : at::empty({0}, x.options());
+      save ? pooled_empty({S.R, L.ws_stride()}, x.options()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_rnn_forward", [&] {
-    forward_impl<scalar_t>(L, S, reverse, x, w_ih, w_hh, b_ih, b_hh, out, h, save ? &ws : nullptr);
+    const auto E = make_extras<scalar_t>(L.H, recurrent, candidate, zoneout, ln_ih, ln_hh);
+    with_family(L, [&](auto cell) {
+      using Cell = decltype(cell);
+      if (save) {
+        forward_impl<scalar_t, Cell, true>(L, S, reverse, x, w_ih, w_hh, b_ih, b_hh, E, out, h, &ws);
+      } else {
+        forward_impl<scalar_t, Cell, false>(L, S, reverse, x, w_ih, w_hh, b_ih, b_hh, E, out, h, nullptr);
+      }
+    });
   });
   return {out, h, ws};
 }
 
-// Gradients of one layer-direction. needs = (x, h0, weight_ih, weight_hh, bias_ih, bias_hh);
-// outputs that are not needed (or whose parameter is absent) come back empty.
-std::vector<at::Tensor> rnn_backward(const at::Tensor& grad_out, const at::Tensor& grad_hn,
-                                     const at::Tensor& x, const at::Tensor& h0,
-                                     const at::Tensor& w_ih, const c10::optional<at::Tensor>& w_hh,
-                                     const c10::optional<at::Tensor>& b_ih,
-                                     const c10::optional<at::Tensor>& b_hh, const at::Tensor& ws,
-                                     const at::Tensor& batch_sizes, at::IntArrayRef spec,
-                                     bool reverse, at::IntArrayRef needs) {
+// Gradients of one layer-direction. needs = (x, h0, weight_ih, weight_hh, bias_ih, bias_hh,
+// layer_norm_ih, layer_norm_hh); outputs that are not needed (or absent) come back empty.
+std::vector<at::Tensor> rnn_backward(
+    const at::Tensor& grad_out, const at::Tensor& grad_hn, const at::Tensor& x,
+    const at::Tensor& h0, const at::Tensor& w_ih, const c10::optional<at::Tensor>& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const at::Tensor& ws, const at::Tensor& batch_sizes, at::IntArrayRef spec, bool reverse,
+    at::IntArrayRef needs, const c10::optional<at::Tensor>& recurrent,
+    const c10::optional<at::Tensor>& candidate, const c10::optional<at::Tensor>& zoneout,
+    const c10::optional<at::Tensor>& ln_ih, const c10::optional<at::Tensor>& ln_hh) {
   const Steps S = make_steps(batch_sizes);
-  const Layout L = make_layout(spec, h0.size(1));
-  check_inputs(x, h0, w_ih, w_hh, b_ih, b_hh, L, S);
-  TORCH_CHECK(needs.size() == 6, "grukit: needs must have 6 entries");
-  TORCH_CHECK(ws.numel() == S.R * L.W * L.H, "grukit: the workspace does not match this call");
+  const Layout L = make_layout(spec, h0.size(1), present(recurrent), present(ln_ih));
+  check_inputs(x, h0, w_ih, w_hh, b_ih, b_hh, L, S, recurrent, candidate, zoneout, ln_ih, ln_hh);
+  TORCH_CHECK(needs.size() == 8, "grukit: needs must have 8 entries");
+  TORCH_CHECK(ws.numel() == S.R * L.ws_stride(), "grukit: the workspace does not match this call");
   TORCH_CHECK(grad_out.is_contiguous() && grad_out.sizes() == at::IntArrayRef({S.R, L.H}) &&
                   grad_hn.is_contiguous() && grad_hn.sizes() == at::IntArrayRef({S.N, L.H}),
               "grukit: gradient shapes do not match");
@@ -1039,20 +647,26 @@ std::vector<at::Tensor> rnn_backward(const at::Tensor& grad_out, const at::Tenso
   const int64_t I = x.size(1), R = S.R;
   auto opts = x.options();
   at::Tensor dh = grad_hn.clone();
-  const bool has_bih = b_ih.has_value() && b_ih->defined() && b_ih->numel() > 0;
-  const bool has_bhh = b_hh.has_value() && b_hh->defined() && b_hh->numel() > 0;
-  const bool has_whh = w_hh.has_value() && w_hh->defined() && w_hh->numel() > 0;
+  auto grad_like = [&](bool need, const c10::optional<at::Tensor>& t) {
+    return need && present(t) ? at::empty(t->sizes(), opts) : at::Tensor();
+  };
   at::Tensor dx = needs[0] ? at::empty({R, I}, opts) : at::Tensor();
   at::Tensor dw_ih = needs[2] ? at::empty(w_ih.sizes(), opts) : at::Tensor();
-  at::Tensor dw_hh = needs[3] && has_whh ? at::empty(w_hh->sizes(), opts) : at::Tensor();
-  at::Tensor db_ih = needs[4] && has_bih ? at::empty(b_ih->sizes(), opts) : at::Tensor();
-  at::Tensor db_hh = needs[5] && has_bhh ? at::empty(b_hh->sizes(), opts) : at::Tensor();
+  at::Tensor dw_hh = grad_like(needs[3], w_hh);
+  at::Tensor db_ih = grad_like(needs[4], b_ih);
+  at::Tensor db_hh = grad_like(needs[5], b_hh);
+  at::Tensor dln_ih = grad_like(needs[6], ln_ih);
+  at::Tensor dln_hh = grad_like(needs[7], ln_hh);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_rnn_backward", [&] {
-    backward_impl<scalar_t>(L, S, reverse, x, w_ih, w_hh, ws, grad_out, dh, dx, dw_ih, dw_hh,
-                            db_ih, db_hh);
+    const auto E = make_extras<scalar_t>(L.H, recurrent, candidate, zoneout, ln_ih, ln_hh);
+    with_family(L, [&](auto cell) {
+      backward_impl<scalar_t, decltype(cell)>(L, S, reverse, x, w_ih, w_hh, ws, grad_out, E, dh,
+                                              dx, dw_ih, dw_hh, db_ih, db_hh, dln_ih, dln_hh);
+    });
   });
   at::Tensor empty = at::empty({0}, opts);
-  std::vector<at::Tensor> grads = {dx, needs[1] ? dh : at::Tensor(), dw_ih, dw_hh, db_ih, db_hh};
+  std::vector<at::Tensor> grads = {dx, needs[1] ? dh : at::Tensor(), dw_ih, dw_hh, db_ih, db_hh,
+                                   dln_ih, dln_hh};
   for (auto& g : grads)
     if (!g.defined()) g = empty;
   return grads;
@@ -1101,11 +715,14 @@ bool uses_blas() { return blas_available(); }
 TORCH_LIBRARY(grukit, m) {
   m.def(
       "rnn_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor? w_hh, Tensor? b_ih, Tensor? b_hh, "
-      "Tensor batch_sizes, int[] spec, bool reverse, bool save) -> (Tensor, Tensor, Tensor)");
+      "Tensor batch_sizes, int[] spec, bool reverse, bool save, Tensor? recurrent=None, "
+      "Tensor? candidate=None, Tensor? zoneout=None, Tensor? ln_ih=None, Tensor? ln_hh=None) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
       "rnn_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor h0, Tensor w_ih, "
       "Tensor? w_hh, Tensor? b_ih, Tensor? b_hh, Tensor ws, Tensor batch_sizes, int[] spec, "
-      "bool reverse, int[] needs) -> Tensor[]");
+      "bool reverse, int[] needs, Tensor? recurrent=None, Tensor? candidate=None, "
+      "Tensor? zoneout=None, Tensor? ln_ih=None, Tensor? ln_hh=None) -> Tensor[]");
   m.def(
       "gemm_floor(Tensor x, Tensor h, Tensor w_ih, Tensor w_hh, Tensor hs, Tensor dA, "
       "bool backward) -> ()");

@@ -1,0 +1,462 @@
+// The cell families of the fused kernels: what each saves for backward (named blocks of the
+// workspace) and its forward and backward lane math, one policy per family. The in-cell options
+// enter in three shared places: the state the matmuls read (h~ = recurrent mask * h, formed by
+// the loop), the candidate (`candidate()`: n~ = mask * n) and one post-update step
+// (`post_update()`: zoneout). Layer normalisation is one row step (`layer_norm_rows`) that the
+// loop applies to the input projection and to the per-step GEMM results, with its backward.
+// Included by fused_rnn.cpp only. The math of every variant is defined in grukit/variants.py and
+// grukit/reference.py; this is its fast twin.
+#pragma once
+
+#include "kernel_support.h"
+
+namespace grukit {
+namespace {
+
+enum CellKind : int64_t { kGruResetAfter = 0, kGruResetBefore = 1, kMgu = 2, kMinGru = 3 };
+
+// Which blocks a variant has, where they sit, and which options are on. Offsets are in units of
+// H values; -1 marks an absent block.
+struct Layout {
+  int64_t cell;
+  int64_t G;       // number of gates (2: r, z; 1: f or minGRU's z)
+  bool gate_x;     // gates read x: weight_ih = [gates..., n], else [n]
+  bool gate_h;     // gates read h: weight_hh starts with the gates
+  bool gate_bias;  // gates have a bias in bias_hh: bias_hh = [gates..., n], else [n]
+  int64_t H;
+  // options
+  bool recurrent_mask = false;  // recurrent dropout: the matmuls read h~ = m * h
+  bool layer_norm = false;      // normalised input and recurrent pre-activations
+  // derived
+  int64_t Gx;  // blocks in weight_ih
+  int64_t K1;  // blocks in the first per-step GEMM (on h~)
+  int64_t Kh;  // recurrent pre-activation blocks (rows of weight_hh / H)
+  // the workspace row: named blocks, then one rstd per normalised block
+  int64_t ws_r = -1, ws_z = -1, ws_n = -1;  // gates (MGU's f in ws_r, minGRU's z in ws_z), n
+  int64_t ws_hn = -1;     // reset-after: U_n h~ + b_hn (normalised when layer_norm)
+  int64_t ws_rh = -1;     // reset-before: r * h~, the candidate GEMM's input
+  int64_t ws_hprev = -1;  // h_{t-1}
+  int64_t ws_hd = -1;     // h~_{t-1} = m * h_{t-1} (recurrent dropout)
+  int64_t ws_xhat_x = -1, ws_xhat_h = -1;  // normalised pre-activations (Gx, then Kh blocks)
+  int64_t W = 0;          // blocks per workspace row
+  int64_t n_stats = 0;    // rstd values after the blocks: Gx (input side), then Kh
+  // the rows of dA, the pre-activation gradients (see dA_blocks in fused_rnn.cpp)
+  int64_t da_base = 0;     // the blocks of the plain cell
+  int64_t da_du = -1;      // layer_norm: gradients of the raw recurrent products (Kh blocks)
+  int64_t da_width = 0;    // blocks per dA row
+
+  int64_t x_n() const { return gate_x ? G * H : 0; }        // n's columns in weight_ih
+  int64_t bhh_n() const { return gate_bias ? G * H : 0; }  // n's entries in bias_hh
+  int64_t ws_stride() const { return W * H + n_stats; }
+  bool before() const { return cell == kGruResetBefore || cell == kMgu; }
+  // the saved source of the recurrent matmuls: h~ with recurrent dropout, else h_{t-1}
+  int64_t ws_src() const { return recurrent_mask ? ws_hd : ws_hprev; }
+};
+
+Layout make_layout(at::IntArrayRef spec, int64_t H, bool recurrent_mask, bool layer_norm) {
+  TORCH_CHECK(spec.size() == 5, "grukit: layout spec must have 5 entries");
+  Layout L{};
+  L.cell = spec[0];
+  L.G = spec[1];
+  L.gate_x = spec[2] != 0;
+  L.gate_h = spec[3] != 0;
+  L.gate_bias = spec[4] != 0;
+  L.H = H;
+  L.recurrent_mask = recurrent_mask;
+  L.layer_norm = layer_norm;
+  TORCH_CHECK(L.cell >= 0 && L.cell <= 3, "grukit: unknown cell kind ", L.cell);
+  L.Gx = L.gate_x ? L.G + 1 : 1;
+  int64_t w = 0;
+  auto block = [&w]() { return w++; };
+  switch (L.cell) {
+    case kGruResetAfter:
+      TORCH_CHECK(L.G == 2 && L.gate_x && L.gate_h, "grukit: reset-after needs x- and h-fed gates");
+      L.K1 = 3;
+      L.Kh = 3;
+      L.ws_r = block(), L.ws_z = block(), L.ws_n = block(), L.ws_hn = block();
+      L.da_base = 4;
+      break;
+    case kGruResetBefore:
+      TORCH_CHECK(L.G == 2, "grukit: GRU cells have two gates");
+      L.K1 = L.gate_h ? 2 : 0;
+      L.Kh = L.K1 + 1;
+      L.ws_r = block(), L.ws_z = block(), L.ws_n = block(), L.ws_rh = block();
+      L.da_base = 3;
+      break;
+    case kMgu:
+      TORCH_CHECK(L.G == 1, "grukit: MGU cells have one gate");
+      L.K1 = L.gate_h ? 1 : 0;
+      L.Kh = L.K1 + 1;
+      L.ws_r = block(), L.ws_n = block(), L.ws_rh = block();
+      L.da_base = 2;
+      break;
+    default:
+      TORCH_CHECK(L.G == 1 && L.gate_x && !L.gate_h, "grukit: minGRU gates read x only");
+      TORCH_CHECK(!recurrent_mask, "grukit: minGRU has no recurrent matmul to mask");
+      L.K1 = 0;
+      L.Kh = 0;
+      L.ws_z = block(), L.ws_n = block();
+      L.da_base = 2;
+  }
+  L.ws_hprev = block();
+  if (recurrent_mask) L.ws_hd = block();
+  if (layer_norm) {
+    L.ws_xhat_x = w;
+    w += L.Gx;
+    L.ws_xhat_h = w;
+    w += L.Kh;
+    L.n_stats = L.Gx + L.Kh;
+  }
+  L.W = w;
+  L.da_width = L.da_base;
+  if (layer_norm && L.Kh > 0) {
+    L.da_du = L.da_base;
+    L.da_width += L.Kh;
+  }
+  return L;
+}
+
+// ------------------------------------------------------------------------ per-row views
+
+// What one row of one step reads and writes in the forward element-wise passes.
+template <typename T>
+struct FwdRow {
+  const T* gx;    // (Gx*H) input projection, normalised when layer_norm (no bias yet)
+  const T* bih;   // bias_ih or null
+  const T* bhh;   // bias_hh or null
+  const T* g1;    // (K1*H) first GEMM on h~ (normalised, times its gain), or null
+  const T* c2;    // (H) candidate GEMM on r * h~ (reset-before)
+  const T* src;   // (H) h~, the state the matmuls read (h without recurrent dropout)
+  const T* cand;  // (H) candidate-dropout mask, or null
+  const T* zone;  // (H) zoneout keep mask (or its expectation p), or null
+  T* h;           // (H) the state, updated in place
+  T* rh;          // (H) r * h~, the candidate GEMM's input (reset-before)
+  T* keep;        // (H) the gate carried from phase 1 to phase 2 (reset-before)
+  T* ws;          // the row's workspace, or null (inference)
+};
+
+// What one row of one step reads and writes in the backward element-wise passes.
+template <typename T>
+struct BackRow {
+  const T* ws;    // the row's workspace
+  const T* dout;  // (H) gradient of this step's output
+  const T* cand;  // (H) candidate-dropout mask, or null
+  const T* zone;  // (H) zoneout keep mask, or null
+  T* dh;          // (H) in: dL/dh'; out: the part of dL/dh_{t-1} that skips the matmuls
+  T* da;          // the row of dA
+};
+
+template <typename T>
+using Vec = Vectorized<T>;
+
+// n~ = mask * n (candidate dropout), the candidate the update writes.
+template <typename T>
+inline Vec<T> candidate(const T* cand, Vec<T> n, int64_t j, int64_t cnt) {
+  return cand ? n * load<T>(cand, j, cnt) : n;
+}
+
+// The post-update step: zoneout, h' = h_new + m (h - h_new).
+template <typename T>
+inline Vec<T> post_update(const T* zone, Vec<T> h, Vec<T> h_new, int64_t j, int64_t cnt) {
+  return zone ? h_new + load<T>(zone, j, cnt) * (h - h_new) : h_new;
+}
+
+// Its backward: g (dL/dh') becomes dL/dh_new; keep (dL/dh_{t-1}'s direct share) is m g.
+template <typename T>
+inline Vec<T> post_update_backward(const T* zone, Vec<T> g, Vec<T>* keep, int64_t j,
+                                   int64_t cnt) {
+  if (!zone) {
+    *keep = Vec<T>(T(0));
+    return g;
+  }
+  const Vec<T> m = load<T>(zone, j, cnt);
+  *keep = g * m;
+  return g - *keep;
+}
+
+// Pre-activation of gate k at lanes [j, j+cnt): x part + bias_ih, h part, bias_hh.
+template <typename T>
+inline Vec<T> gate_preactivation(const Layout& L, const FwdRow<T>& q, int64_t k, int64_t j,
+                                 int64_t cnt) {
+  Vec<T> a(T(0));
+  if (L.gate_x) {
+    a = load<T>(q.gx + k * L.H, j, cnt);
+    if (q.bih) a = a + load<T>(q.bih + k * L.H, j, cnt);
+  }
+  if (L.gate_h) a = a + load<T>(q.g1 + k * L.H, j, cnt);
+  if (L.gate_bias && q.bhh) a = a + load<T>(q.bhh + k * L.H, j, cnt);
+  return a;
+}
+
+// --------------------------------------------------------------------------- the families
+// Each policy: kTwoPhase (reset-before: a candidate GEMM between the passes), forward(1|2)
+// (one vector of lanes of one row) and backward(1|2). Backward pass 1 gets g = dL/dh' and
+// writes the pre-activation gradients it can; pass 2 (two-phase families) runs after
+// drh = dL/d(r h~) is known and writes the reset gate's.
+
+// gru: r, z = sigma(.), n = tanh(a_n^x + r * (U_n h~ + b_hn)), h' = n + z (h - n).
+struct GruResetAfter {
+  static constexpr bool kTwoPhase = false;
+
+  template <typename T, bool kSave>
+  static void forward1(const Layout& L, const FwdRow<T>& q, int64_t j, int64_t cnt) {
+    const int64_t H = L.H;
+    const Vec<T> hv = load<T>(q.h, j, cnt);
+    const Vec<T> r = vsigmoid(gate_preactivation(L, q, 0, j, cnt));
+    const Vec<T> z = vsigmoid(gate_preactivation(L, q, 1, j, cnt));
+    Vec<T> xn = load<T>(q.gx + 2 * H, j, cnt), hn = load<T>(q.g1 + 2 * H, j, cnt);
+    if (q.bih) xn = xn + load<T>(q.bih + 2 * H, j, cnt);
+    if (q.bhh) hn = hn + load<T>(q.bhh + 2 * H, j, cnt);
+    const Vec<T> n = vtanh(xn + r * hn);
+    const Vec<T> nd = candidate(q.cand, n, j, cnt);
+    store(q.h, j, cnt, post_update(q.zone, hv, nd + z * (hv - nd), j, cnt));
+    if (kSave) {
+      store(q.ws + L.ws_r * H, j, cnt, r);
+      store(q.ws + L.ws_z * H, j, cnt, z);
+      store(q.ws + L.ws_n * H, j, cnt, n);
+      store(q.ws + L.ws_hn * H, j, cnt, hn);
+      store(q.ws + L.ws_hprev * H, j, cnt, hv);
+    }
+  }
+  template <typename T, bool kSave>
+  static void forward2(const Layout&, const FwdRow<T>&, int64_t, int64_t) {}
+
+  // dA row: [da_r, da_z, da_n * r, da_n]
+  template <typename T>
+  static void backward1(const Layout& L, const BackRow<T>& q, int64_t j, int64_t cnt) {
+    const int64_t H = L.H;
+    const Vec<T> one(T(1));
+    const T* w = q.ws;
+    Vec<T> kept;
+    const Vec<T> g = post_update_backward(
+        q.zone, load<T>(q.dh, j, cnt) + load<T>(q.dout, j, cnt), &kept, j, cnt);
+    const Vec<T> r = load<T>(w + L.ws_r * H, j, cnt), z = load<T>(w + L.ws_z * H, j, cnt);
+    const Vec<T> n = load<T>(w + L.ws_n * H, j, cnt), hn = load<T>(w + L.ws_hn * H, j, cnt);
+    const Vec<T> hp = load<T>(w + L.ws_hprev * H, j, cnt);
+    const Vec<T> nd = candidate(q.cand, n, j, cnt);
+    const Vec<T> dan = candidate(q.cand, g * (one - z), j, cnt) * (one - n * n);
+    store(q.da, j, cnt, dan * hn * r * (one - r));
+    store(q.da + H, j, cnt, g * (hp - nd) * z * (one - z));
+    store(q.da + 2 * H, j, cnt, dan * r);
+    store(q.da + 3 * H, j, cnt, dan);
+    store(q.dh, j, cnt, q.zone ? g * z + kept : g * z);
+  }
+};
+
+// gru_reset_before, gru1-3: r, z = sigma(.), n = tanh(a_n^x + U_n (r * h~) + b_hn),
+// h' = n + z (h - n).   MGU family: f = sigma(.), n likewise with f, h' = h + f (n - h).
+template <bool kMguUpdate>
+struct ResetBefore {
+  static constexpr bool kTwoPhase = true;
+
+  // gates and r * h~, the input of the candidate GEMM
+  template <typename T, bool kSave>
+  static void forward1(const Layout& L, const FwdRow<T>& q, int64_t j, int64_t cnt) {
+    const int64_t H = L.H;
+    const Vec<T> r = vsigmoid(gate_preactivation(L, q, 0, j, cnt));  // r, or f
+    const Vec<T> rh = r * load<T>(q.src, j, cnt);
+    store(q.rh, j, cnt, rh);
+    Vec<T> keep = r;
+    if (!kMguUpdate) keep = vsigmoid(gate_preactivation(L, q, 1, j, cnt));
+    store(q.keep, j, cnt, keep);
+    if (kSave) {
+      store(q.ws + L.ws_r * H, j, cnt, r);
+      if (!kMguUpdate) store(q.ws + L.ws_z * H, j, cnt, keep);
+      store(q.ws + L.ws_rh * H, j, cnt, rh);
+      store(q.ws + L.ws_hprev * H, j, cnt, load<T>(q.h, j, cnt));
+    }
+  }
+
+  // the candidate and the update
+  template <typename T, bool kSave>
+  static void forward2(const Layout& L, const FwdRow<T>& q, int64_t j, int64_t cnt) {
+    const Vec<T> hv = load<T>(q.h, j, cnt);
+    Vec<T> a = load<T>(q.gx + L.x_n(), j, cnt) + load<T>(q.c2, j, cnt);
+    if (q.bih) a = a + load<T>(q.bih + L.x_n(), j, cnt);
+    if (q.bhh) a = a + load<T>(q.bhh + L.bhh_n(), j, cnt);
+    const Vec<T> n = vtanh(a);
+    const Vec<T> nd = candidate(q.cand, n, j, cnt);
+    const Vec<T> g = load<T>(q.keep, j, cnt);
+    const Vec<T> h_new = kMguUpdate ? hv + g * (nd - hv) : nd + g * (hv - nd);
+    store(q.h, j, cnt, post_update(q.zone, hv, h_new, j, cnt));
+    if (kSave) store(q.ws + L.ws_n * L.H, j, cnt, n);
+  }
+
+  // dA row: [gates..., da_n]; pass 1 writes da_z (GRU) or df's update share (MGU) and da_n
+  template <typename T>
+  static void backward1(const Layout& L, const BackRow<T>& q, int64_t j, int64_t cnt) {
+    const int64_t H = L.H;
+    const Vec<T> one(T(1));
+    const T* w = q.ws;
+    Vec<T> kept;
+    const Vec<T> g = post_update_backward(
+        q.zone, load<T>(q.dh, j, cnt) + load<T>(q.dout, j, cnt), &kept, j, cnt);
+    const Vec<T> n = load<T>(w + L.ws_n * H, j, cnt), hp = load<T>(w + L.ws_hprev * H, j, cnt);
+    const Vec<T> nd = candidate(q.cand, n, j, cnt);
+    if (kMguUpdate) {
+      const Vec<T> f = load<T>(w + L.ws_r * H, j, cnt);
+      store(q.da + H, j, cnt, candidate(q.cand, g * f, j, cnt) * (one - n * n));
+      store(q.da, j, cnt, g * (nd - hp));  // df from the update; pass 2 adds the reset part
+      store(q.dh, j, cnt, q.zone ? g * (one - f) + kept : g * (one - f));
+    } else {
+      const Vec<T> z = load<T>(w + L.ws_z * H, j, cnt);
+      store(q.da + H, j, cnt, g * (hp - nd) * z * (one - z));
+      store(q.da + 2 * H, j, cnt, candidate(q.cand, g * (one - z), j, cnt) * (one - n * n));
+      store(q.dh, j, cnt, q.zone ? g * z + kept : g * z);
+    }
+  }
+
+  // after drh = dL/d(r h~): the reset gate's gradient, and drh's share of dL/dh~ into dsrc
+  // (added to it, or written when `assign`: dsrc is then a buffer of its own)
+  template <typename T>
+  static void backward2(const Layout& L, const T* ws, const T* drh, T* dsrc, bool assign, T* da,
+                        int64_t j, int64_t cnt) {
+    const int64_t H = L.H;
+    const Vec<T> one(T(1));
+    const Vec<T> r = load<T>(ws + L.ws_r * H, j, cnt);  // r, or f
+    const Vec<T> src = load<T>(ws + L.ws_src() * H, j, cnt);
+    const Vec<T> dv = load<T>(drh, j, cnt);
+    store(dsrc, j, cnt, assign ? dv * r : load<T>(dsrc, j, cnt) + dv * r);
+    Vec<T> dr = dv * src;
+    if (kMguUpdate) dr = dr + load<T>(da, j, cnt);
+    store(da, j, cnt, dr * r * (one - r));
+  }
+};
+using GruResetBefore = ResetBefore<false>;
+using Mgu = ResetBefore<true>;
+
+// minGRU: z = sigma(a_z), n = g(a_n), h' = h + z (n - h).
+struct MinGru {
+  static constexpr bool kTwoPhase = false;
+
+  template <typename T, bool kSave>
+  static void forward1(const Layout& L, const FwdRow<T>& q, int64_t j, int64_t cnt) {
+    const int64_t H = L.H;
+    const Vec<T> hv = load<T>(q.h, j, cnt);
+    const Vec<T> z = vsigmoid(gate_preactivation(L, q, 0, j, cnt));
+    Vec<T> xn = load<T>(q.gx + H, j, cnt);
+    if (q.bih) xn = xn + load<T>(q.bih + H, j, cnt);
+    const Vec<T> n = vg(xn);
+    const Vec<T> nd = candidate(q.cand, n, j, cnt);
+    store(q.h, j, cnt, post_update(q.zone, hv, hv + z * (nd - hv), j, cnt));
+    if (kSave) {
+      store(q.ws + L.ws_z * H, j, cnt, z);
+      store(q.ws + L.ws_n * H, j, cnt, n);
+      store(q.ws + L.ws_hprev * H, j, cnt, hv);
+    }
+  }
+  template <typename T, bool kSave>
+  static void forward2(const Layout&, const FwdRow<T>&, int64_t, int64_t) {}
+
+  // dA row: [da_z, da_n]
+  template <typename T>
+  static void backward1(const Layout& L, const BackRow<T>& q, int64_t j, int64_t cnt) {
+    const int64_t H = L.H;
+    const Vec<T> one(T(1));
+    const T* w = q.ws;
+    Vec<T> kept;
+    const Vec<T> g = post_update_backward(
+        q.zone, load<T>(q.dh, j, cnt) + load<T>(q.dout, j, cnt), &kept, j, cnt);
+    const Vec<T> z = load<T>(w + L.ws_z * H, j, cnt), n = load<T>(w + L.ws_n * H, j, cnt);
+    const Vec<T> hp = load<T>(w + L.ws_hprev * H, j, cnt);
+    const Vec<T> nd = candidate(q.cand, n, j, cnt);
+    store(q.da, j, cnt, g * (nd - hp) * z * (one - z));
+    store(q.da + H, j, cnt, candidate(q.cand, g * z, j, cnt) * vg_grad_from_value(n));
+    store(q.dh, j, cnt, q.zone ? g * (one - z) + kept : g * (one - z));
+  }
+};
+
+// Calls f(Policy{}) for the layout's family.
+template <typename F>
+void with_family(const Layout& L, const F& f) {
+  switch (L.cell) {
+    case kGruResetAfter: f(GruResetAfter{}); break;
+    case kGruResetBefore: f(GruResetBefore{}); break;
+    case kMgu: f(Mgu{}); break;
+    default: f(MinGru{});
+  }
+}
+
+// ------------------------------------------------------------------- layer normalisation
+// u_k <- gain_k * (u_k - mean(u_k)) * rstd_k for the K blocks of H values of one row, with
+// rstd_k = 1 / sqrt(var(u_k) + eps) (biased variance, as torch.nn.functional.layer_norm).
+// Sums run in a fixed order (vector lanes, then the lanes in turn, then the tail).
+
+template <typename T>
+inline T lane_total(Vec<T> v) {
+  T lanes[Vec<T>::size()];
+  v.store(lanes);
+  T s = T(0);
+  for (int64_t i = 0; i < Vec<T>::size(); ++i) s += lanes[i];
+  return s;
+}
+
+// sum of a[i] (b == null) or a[i] * b[i] over [0, H)
+template <typename T>
+inline T row_sum(const T* a, const T* b, int64_t H) {
+  constexpr int64_t Wd = Vec<T>::size();
+  Vec<T> acc(T(0));
+  int64_t i = 0;
+  for (; i + Wd <= H; i += Wd) {
+    const Vec<T> x = Vec<T>::loadu(a + i);
+    acc = b ? at::vec::fmadd(x, Vec<T>::loadu(b + i), acc) : acc + x;
+  }
+  T s = lane_total(acc);
+  for (; i < H; ++i) s += b ? a[i] * b[i] : a[i];
+  return s;
+}
+
+constexpr double kLayerNormEps = 1e-5;  // grukit.cell_options.LAYER_NORM_EPS
+
+// Normalises one row's K blocks in place; xhat (K*H, or null) and rstd (K, or null) are saved.
+template <typename T>
+void layer_norm_row(T* u, int64_t K, int64_t H, const T* gain, T* xhat, T* rstd) {
+  for (int64_t k = 0; k < K; ++k) {
+    T* b = u + k * H;
+    const T mean = row_sum<T>(b, nullptr, H) / T(H);
+    for_lanes<T>(H, [&](int64_t j, int64_t cnt) { store(b, j, cnt, load<T>(b, j, cnt) - Vec<T>(mean)); });
+    const T var = row_sum<T>(b, b, H) / T(H);
+    const T rs = T(1) / std::sqrt(var + T(kLayerNormEps));
+    const T* gk = gain + k * H;
+    T* xk = xhat ? xhat + k * H : nullptr;
+    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+      const Vec<T> xh = load<T>(b, j, cnt) * Vec<T>(rs);
+      if (xk) store(xk, j, cnt, xh);
+      store(b, j, cnt, xh * load<T>(gk, j, cnt));
+    });
+    if (rstd) rstd[k] = rs;
+  }
+}
+
+// Rows [r0, r1) of a (rows, ld) matrix whose first K*H columns are normalised; row b saves
+// into xhat + b * save_ld and rstd + b * save_ld (when xhat is given).
+template <typename T>
+void layer_norm_rows(T* u, int64_t ld, int64_t K, int64_t H, const T* gain, T* xhat,
+                     T* rstd, int64_t save_ld, int64_t r0, int64_t r1) {
+  for (int64_t b = r0; b < r1; ++b)
+    layer_norm_row<T>(u + b * ld, K, H, gain, xhat ? xhat + b * save_ld : nullptr,
+                      xhat ? rstd + b * save_ld : nullptr);
+}
+
+// Backward of layer_norm_row for one row: du = rstd (gain dy - mean(gain dy)
+// - xhat mean(gain dy xhat)), block by block.
+template <typename T>
+void layer_norm_backward_row(const T* dy, const T* xhat, const T* rstd, const T* gain,
+                             int64_t K, int64_t H, T* du) {
+  for (int64_t k = 0; k < K; ++k) {
+    const T* d = dy + k * H;
+    const T* x = xhat + k * H;
+    const T* gk = gain + k * H;
+    T* o = du + k * H;
+    for_lanes<T>(H, [&](int64_t j, int64_t cnt) { store(o, j, cnt, load<T>(d, j, cnt) * load<T>(gk, j, cnt)); });
+    const T m1 = row_sum<T>(o, nullptr, H) / T(H);
+    const T m2 = row_sum<T>(o, x, H) / T(H);
+    const Vec<T> rs(rstd[k]);
+    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+      store(o, j, cnt, rs * (load<T>(o, j, cnt) - Vec<T>(m1) - load<T>(x, j, cnt) * Vec<T>(m2)));
+    });
+  }
+}
+
+}  // namespace
+}  // namespace grukit

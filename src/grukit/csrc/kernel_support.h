@@ -1,0 +1,370 @@
+// Support code of the fused kernels: the phase profiler, the workspace block pool, the GEMM
+// layer (BLAS single-threaded inside shape-determined parallel splits), row and lane loops,
+// column sums and the vector math. Included by fused_rnn.cpp, the one translation unit.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <new>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+// Standard Fortran BLAS, exported by libtorch_cpu when PyTorch is built with MKL or OpenBLAS.
+// Weak: if absent, gemm() falls back to at::mm (correct, slower, not thread-count independent).
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*,
+            const float*, const int*, const float*, const int*, const float*, float*,
+            const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*,
+            const double*, const int*, const double*, const int*, const double*, double*,
+            const int*) __attribute__((weak));
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+}
+
+namespace grukit {
+namespace {
+
+using at::vec::Vectorized;
+
+// ------------------------------------------------------------------------------ profiler
+// Opt-in wall-clock time per phase (grukit.fused.profile()); off, it costs one branch a phase.
+
+enum Phase : int {
+  kInputGemm, kStepGemm, kStepElementwise, kStepCopy, kBackStepGemm, kBackElementwise,
+  kWeightGemm, kBiasSums, kPhases
+};
+const char* const kPhaseNames[kPhases] = {
+    "input projection GEMM", "per-step GEMMs (forward)", "element-wise (forward)",
+    "state copies (forward)", "per-step GEMMs (backward)", "element-wise (backward)",
+    "weight and input-gradient GEMMs", "bias gradient sums"};
+std::atomic<bool> g_profiling{false};
+std::atomic<int64_t> g_phase_ns[kPhases];
+
+struct PhaseTimer {
+  Phase phase;
+  std::chrono::steady_clock::time_point start;
+  bool on;
+  explicit PhaseTimer(Phase p) : phase(p), on(g_profiling.load(std::memory_order_relaxed)) {
+    if (on) start = std::chrono::steady_clock::now();
+  }
+  ~PhaseTimer() {
+    if (on) {
+      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now() - start).count();
+      g_phase_ns[phase].fetch_add(ns, std::memory_order_relaxed);
+    }
+  }
+};
+
+// --------------------------------------------------------------------------- block pool
+// The workspace saved for backward is large (R x W*H values: 65 MB for a batch of 256 x 50
+// steps x 256 units) and lives from one forward to its backward. Fresh memory from the OS
+// costs a page fault and a zeroing per 4 KB page, which took 15% of such a training step, so
+// workspaces come from a small pool of blocks this process has used before (new blocks ask
+// for transparent huge pages). A block goes back to the pool when its tensor is freed.
+
+class BlockPool {
+ public:
+  static constexpr size_t kMinBytes = size_t(1) << 20;  // smaller buffers: at::empty
+  static constexpr size_t kKeep = 4;                    // free blocks kept at most
+
+  void* get(size_t bytes, size_t* capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto best = free_.end();
+      for (auto it = free_.begin(); it != free_.end(); ++it)  // smallest block that fits
+        if (it->second >= bytes && it->second <= 2 * bytes &&
+            (best == free_.end() || it->second < best->second))
+          best = it;
+      if (best != free_.end()) {
+        void* p = best->first;
+        *capacity = best->second;
+        free_.erase(best);
+        return p;
+      }
+    }
+    constexpr size_t kHuge = size_t(2) << 20;
+    *capacity = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* p = nullptr;
+    if (posix_memalign(&p, kHuge, *capacity) != 0) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    madvise(p, *capacity, MADV_HUGEPAGE);
+#endif
+    return p;
+  }
+
+  void put(void* p, size_t capacity) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.emplace_back(p, capacity);
+    if (free_.size() > kKeep) {  // drop the oldest
+      std::free(free_.front().first);
+      free_.erase(free_.begin());
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<void*, size_t>> free_;
+};
+
+BlockPool& block_pool() {
+  static BlockPool* pool = new BlockPool();  // never destroyed: tensors may outlive statics
+  return *pool;
+}
+
+// at::empty for large internal buffers, from the block pool.
+at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  const size_t bytes = size_t(c10::multiply_integers(sizes)) * opts.dtype().itemsize();
+  if (bytes < BlockPool::kMinBytes) return at::empty(sizes, opts);
+  size_t capacity = 0;
+  void* p = block_pool().get(bytes, &capacity);
+  return at::from_blob(
+      p, sizes, [capacity](void* q) { block_pool().put(q, capacity); }, opts);
+}
+
+// ------------------------------------------------------------------------------------ GEMM
+
+bool blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+// Column-major BLAS call.
+inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda,
+                      const float* b, int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a,
+                      int lda, const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+// Row-major C[M,N] = op(A)[M,K] * op(B)[K,N] + beta * C, one thread.
+// op(A) = A (A is M x K, ld lda) or A^T (A is K x M); likewise B.
+template <typename T>
+void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  if (blas_available()) {
+    // row-major C = A B  <=>  column-major C^T = B^T A^T
+    blas_gemm(tb ? 'T' : 'N', ta ? 'T' : 'N', int(N), int(M), int(K), T(1), B, int(ldb), A,
+              int(lda), beta, C, int(ldc));
+    return;
+  }
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto a = ta ? at::from_blob(const_cast<T*>(A), {K, M}, {lda, 1}, opts).t()
+              : at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, opts);
+  auto b = tb ? at::from_blob(const_cast<T*>(B), {N, K}, {ldb, 1}, opts).t()
+              : at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, opts);
+  auto c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+  if (beta == T(0)) {
+    c.copy_(at::mm(a, b));
+  } else {
+    c.mul_(beta).add_(at::mm(a, b));
+  }
+}
+
+// Keeps BLAS single-threaded on this thread while it lives: the kernels parallelise around
+// BLAS calls themselves, with splits that do not depend on the thread count. ATen seeds this
+// thread's OpenMP pool size from MKL's thread count the first time it runs a parallel loop
+// here, so that happens before MKL's count is lowered, and the pool size is put back after.
+struct SingleThreadedBlas {
+  int previous = 0;
+  int omp_threads = 1;
+  SingleThreadedBlas() {
+    at::internal::lazy_init_num_threads();
+#ifdef _OPENMP
+    omp_threads = omp_get_max_threads();
+#endif
+    if (MKL_Set_Num_Threads_Local != nullptr) previous = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
+#ifdef _OPENMP
+    if (omp_get_max_threads() != omp_threads) omp_set_num_threads(omp_threads);
+#endif
+  }
+};
+
+// The same product, split into at most 8 blocks of rows or columns of C, chosen from the shape
+// only, run in parallel. Blocks stay at least 64 wide and 1M multiply-adds big, so each BLAS
+// call stays efficient and a split pays for its synchronisation and cache traffic.
+template <typename T>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc) {
+  constexpr int64_t kBlockWork = int64_t(1) << 20;
+  constexpr int64_t kMaxBlocks = 8, kMinSide = 64;
+  const bool split_rows = M >= N;
+  const int64_t side = split_rows ? M : N;
+  const int64_t work = M * N * K;
+  int64_t nblocks = std::min<int64_t>({kMaxBlocks, work / kBlockWork, side / kMinSide});
+  if (nblocks <= 1) {
+    gemm_serial(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  const int64_t block = ((side + nblocks - 1) / nblocks + 15) / 16 * 16;
+  nblocks = (side + block - 1) / block;
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    SingleThreadedBlas blas_guard;  // this worker's BLAS calls must not spawn threads of their own
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      const int64_t s0 = bi * block, s1 = std::min(side, s0 + block);
+      if (split_rows) {
+        const T* Ab = ta ? A + s0 : A + s0 * lda;
+        gemm_serial(ta, tb, s1 - s0, N, K, Ab, lda, B, ldb, beta, C + s0 * ldc, ldc);
+      } else {
+        const T* Bb = tb ? B + s0 * ldb : B + s0;
+        gemm_serial(ta, tb, M, s1 - s0, K, A, lda, Bb, ldb, beta, C + s0, ldc);
+      }
+    }
+  });
+}
+
+// Rows [0, n) in parallel when the step has enough elements; the split depends on n, H only.
+template <typename F>
+void for_rows(int64_t n, int64_t H, const F& f) {
+  constexpr int64_t kMinElements = 8192;
+  const int64_t grain = std::max<int64_t>(1, kMinElements / std::max<int64_t>(H, 1));
+  if (n <= grain) {
+    f(0, n);
+  } else {
+    at::parallel_for(0, n, grain, f);
+  }
+}
+
+// --------------------------------------------------------------------------- vector math
+
+template <typename T>
+inline Vectorized<T> vsigmoid(Vectorized<T> a) {
+  const Vectorized<T> one(T(1));
+  return one / (one + a.neg().exp());
+}
+
+// tanh. float: a rational minimax approximation on [-7.99881, 7.99881] (odd degree 13 over
+// even degree 6, the form Eigen uses), within 3 ulp of tanh and twice as fast as Sleef's tanh;
+// double: Sleef's tanh (1 ulp), which the float64 tests compare against torch to 1e-10.
+template <typename T>
+inline Vectorized<T> vtanh(Vectorized<T> x) {
+  return x.tanh();
+}
+template <>
+inline Vectorized<float> vtanh(Vectorized<float> x) {
+  using V = Vectorized<float>;
+  const V c(7.99881172180175781f);
+  x = at::vec::minimum(at::vec::maximum(x, V(-7.99881172180175781f)), c);
+  const V x2 = x * x;
+  V p = at::vec::fmadd(x2, V(-2.76076847742355e-16f), V(2.00018790482477e-13f));
+  p = at::vec::fmadd(p, x2, V(-8.60467152213735e-11f));
+  p = at::vec::fmadd(p, x2, V(5.12229709037114e-08f));
+  p = at::vec::fmadd(p, x2, V(1.48572235717979e-05f));
+  p = at::vec::fmadd(p, x2, V(6.37261928875436e-04f));
+  p = at::vec::fmadd(p, x2, V(4.89352455891786e-03f));
+  V q = at::vec::fmadd(x2, V(1.19825839466702e-06f), V(1.18534705686654e-04f));
+  q = at::vec::fmadd(q, x2, V(2.26843463243900e-03f));
+  q = at::vec::fmadd(q, x2, V(4.89352518554385e-03f));
+  return p * x / q;
+}
+
+// minGRU's g(a) = a + 1/2 (a >= 0), sigma(a) (a < 0), and g'(a) from n = g(a): 1 if n >= 1/2,
+// else n (1 - n).
+template <typename T>
+inline Vectorized<T> vg(Vectorized<T> a) {
+  const Vectorized<T> zero(T(0)), half(T(0.5));
+  return Vectorized<T>::blendv(vsigmoid(a), a + half, a >= zero);
+}
+template <typename T>
+inline Vectorized<T> vg_grad_from_value(Vectorized<T> n) {
+  const Vectorized<T> one(T(1)), half(T(0.5));
+  return Vectorized<T>::blendv(n * (one - n), one, n >= half);
+}
+
+// Loads that treat a null pointer as a zero vector (an absent source of a pre-activation).
+template <typename T>
+inline Vectorized<T> load(const T* p, int64_t j, int64_t count) {
+  if (p == nullptr) return Vectorized<T>(T(0));
+  return count == Vectorized<T>::size() ? Vectorized<T>::loadu(p + j)
+                                         : Vectorized<T>::loadu(p + j, count);
+}
+template <typename T>
+inline void store(T* p, int64_t j, int64_t count, Vectorized<T> v) {
+  if (count == Vectorized<T>::size()) {
+    v.store(p + j);
+  } else {
+    v.store(p + j, count);
+  }
+}
+
+// Calls f(j, count) over [0, H) in vector-width chunks.
+template <typename T, typename F>
+inline void for_lanes(int64_t H, const F& f) {
+  constexpr int64_t W = Vectorized<T>::size();
+  int64_t j = 0;
+  for (; j + W <= H; j += W) f(j, W);
+  if (j < H) f(j, H - j);
+}
+
+// out[c] (+)= sum over rows of A[r, c], rows ascending: a fixed order, whatever the threads.
+template <typename T>
+void column_sums(const T* A, int64_t R, int64_t C, int64_t ld, T* out, bool accumulate) {
+  PhaseTimer timer(kBiasSums);
+  constexpr int64_t kCols = 64;
+  const int64_t nb = (C + kCols - 1) / kCols;
+  at::parallel_for(0, nb, R * kCols < 65536 ? nb : 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      const int64_t c0 = bi * kCols, c1 = std::min(C, c0 + kCols);
+      T acc[kCols];
+      for (int64_t c = c0; c < c1; ++c) acc[c - c0] = T(0);
+      for (int64_t r = 0; r < R; ++r) {
+        const T* row = A + r * ld;
+        for (int64_t c = c0; c < c1; ++c) acc[c - c0] += row[c];
+      }
+      for (int64_t c = c0; c < c1; ++c) out[c] = accumulate ? out[c] + acc[c - c0] : acc[c - c0];
+    }
+  });
+}
+
+
+// out[c] (+)= sum over rows of A[r, c] * B[r, c], rows ascending (the layer-norm gains' gradient).
+template <typename T>
+void column_dot_sums(const T* A, int64_t lda, const T* B, int64_t ldb, int64_t R, int64_t C,
+                     T* out, bool accumulate) {
+  PhaseTimer timer(kBiasSums);
+  constexpr int64_t kCols = 64;
+  const int64_t nb = (C + kCols - 1) / kCols;
+  at::parallel_for(0, nb, R * kCols < 65536 ? nb : 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      const int64_t c0 = bi * kCols, c1 = std::min(C, c0 + kCols);
+      T acc[kCols];
+      for (int64_t c = c0; c < c1; ++c) acc[c - c0] = T(0);
+      for (int64_t r = 0; r < R; ++r) {
+        const T* a = A + r * lda;
+        const T* b = B + r * ldb;
+        for (int64_t c = c0; c < c1; ++c) acc[c - c0] += a[c] * b[c];
+      }
+      for (int64_t c = c0; c < c1; ++c) out[c] = accumulate ? out[c] + acc[c - c0] : acc[c - c0];
+    }
+  });
+}
+
+}  // namespace
+}  // namespace grukit
