@@ -8,7 +8,12 @@ Grids:
              weight average x seed, plus a few dropout settings (80 runs);
   ``chung``  GRU-46, LSTM-36, tanh-100 with weight noise: optimiser x learning rate x noise x seed
              (72 runs);
-  ``large``  wider and deeper GRUs with dropout and/or weight noise (15 runs).
+  ``large``  wider and deeper GRUs with dropout and/or weight noise (15 runs);
+  ``cell``   the in-cell regularisers on the larger GRU (256 units, the ``jsb_large`` settings):
+             each alone, with and without weight noise, and in combinations (the README's
+             ablation table, 2 seeds);
+  ``chung_cell`` the 20K-parameter GRU-46 under Chung et al.'s protocol (``chung2014``, weight
+             noise included) with in-cell regularisers added (2 seeds).
 Each finished run appends one JSON line (its settings and train/valid/test NLL) to ``--out``.
 On 2 cores the small grid takes about 40 minutes; it parallelises across as many cores as given.
 """
@@ -66,8 +71,41 @@ def grid(which: str) -> list[tuple[str, dict[str, Any]]]:
                       input_dropout=idr, weight_noise=wn, **extra)  # fmt: skip
             tag = "_".join(f"{k}{v}" for k, v in extra.items())
             items.append((f"l_h{hs}x{nl}_d{dr}_od{od}_id{idr}_wn{wn}{tag}", kw))
+    elif which == "cell":
+        base = dict(variant="gru", hidden_size=256, num_layers=1, optimizer="adam", lr=1e-3,
+                    batch_size=8, ema=0.99, clip_grad_norm=5.0, epochs=200, patience=25,
+                    weight_noise=0.0)  # fmt: skip
+        settings: list[tuple[str, dict[str, Any]]] = [
+            ("none", {}),
+            ("wn", {"weight_noise": 0.075}),
+            ("rd", {"recurrent_dropout": 0.25}),
+            ("cd", {"candidate_dropout": 0.25}),
+            ("zo", {"zoneout": 0.15}),
+            ("ln", {"layer_norm": True}),
+            ("wd", {"weight_drop": 0.25}),
+            ("zo+rd", {"zoneout": 0.15, "recurrent_dropout": 0.25}),
+            ("wn+rd", {"weight_noise": 0.075, "recurrent_dropout": 0.25}),
+            ("wn+zo", {"weight_noise": 0.075, "zoneout": 0.15}),
+            ("wn+ln", {"weight_noise": 0.075, "layer_norm": True}),
+            ("wn+zo+rd", {"weight_noise": 0.075, "zoneout": 0.15, "recurrent_dropout": 0.25}),
+        ]
+        for (tag, extra), seed in itertools.product(settings, [0, 1]):
+            items.append((f"cell_{tag}_s{seed}", dict(base, seed=seed, **extra)))
+    elif which == "chung_cell":
+        base = dict(variant="gru", hidden_size=46, epochs=300, patience=30, clip_grad_norm=1.0,
+                    output_dropout=0.0, batch_size=2, optimizer="rmsprop", lr=1e-3,
+                    weight_noise=0.075, ema=0.0)  # fmt: skip
+        settings = [
+            ("none", {}),
+            ("zo0.1", {"zoneout": 0.1}),
+            ("rd0.1", {"recurrent_dropout": 0.1}),
+            ("zo0.1+rd0.1", {"zoneout": 0.1, "recurrent_dropout": 0.1}),
+            ("ln", {"layer_norm": True}),
+        ]
+        for (tag, extra), seed in itertools.product(settings, [0, 1]):
+            items.append((f"cc_{tag}_s{seed}", dict(base, seed=seed, **extra)))
     else:
-        raise SystemExit(f"unknown grid {which!r}: small, chung or large")
+        raise SystemExit(f"unknown grid {which!r}: small, chung, large, cell or chung_cell")
     return items
 
 
@@ -95,7 +133,9 @@ def run(job: tuple[str, dict[str, Any], str, str]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", required=True, choices=["small", "chung", "large"])
+    parser.add_argument(
+        "--grid", required=True, choices=["small", "chung", "large", "cell", "chung_cell"]
+    )
     parser.add_argument("--data", default="jsb", help="jsb (downloads) or a local JSB file")
     parser.add_argument("--procs", type=int, default=2, help="runs at once, one thread each")
     parser.add_argument("--out", default=None, help="JSON lines (default GRID.jsonl)")

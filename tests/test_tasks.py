@@ -142,6 +142,6 @@ def test_flags_reach_their_sections() -> None:
 
 def test_sections_are_typed_dataclasses() -> None:
     cfg = make_config()
-    for section in ("task", "model", "optim", "run"):
+    for section in ("task", "model", "cell", "optim", "run"):
         assert is_dataclass(getattr(cfg, section)), section
-    assert {f.name for f in fields(cfg)} == {"task", "model", "optim", "run"}
+    assert {f.name for f in fields(cfg)} == {"task", "model", "cell", "optim", "run"}

@@ -7,6 +7,9 @@ rounds. Two measurements per shape: the forward pass without grad, and a trainin
 layer through ``at::mm`` and nothing else.
 
 Run ``grukit bench`` (or ``python -m grukit.bench``); ``--json FILE`` writes every timing.
+``grukit bench --options`` times the in-cell options instead (:mod:`grukit.cell_options`): the
+fused training step with each option against the plain fused step, and against the reference
+path with the same option, at S2 and S4.
 """
 
 from __future__ import annotations
@@ -145,17 +148,7 @@ def run_benchmark(
     """Time every candidate on every shape; return a JSON-ready dict of medians and ratios."""
     if not fused.available():
         raise RuntimeError(f"the fused kernels are unavailable: {fused.unavailable_reason()}")
-    report: dict = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "grukit": grukit.__version__,
-            "blas": "BLAS called directly" if torch.ops.grukit.uses_blas() else "at::mm fallback",
-        },
-        "shapes": {},
-    }
+    report: dict = {"machine": _machine(), "shapes": {}}
     for shape in shapes:
         log(f"timing {shape} ...")
         cands = _shape_candidates(shape, variants, seed)
@@ -206,11 +199,119 @@ def _scan_benchmark(shape: Shape, rounds: int, budget_s: float, seed: int, log: 
     }
 
 
+#: The in-cell option settings ``--options`` times (training mode: masks drawn every call).
+OPTION_SETTINGS: dict[str, dict] = {
+    "plain": {},
+    "recurrent_dropout 0.25": {"recurrent_dropout": 0.25},
+    "candidate_dropout 0.25": {"candidate_dropout": 0.25},
+    "zoneout 0.1": {"zoneout": 0.1},
+    "recurrent_dropout + zoneout": {"recurrent_dropout": 0.25, "zoneout": 0.1},
+    "weight_drop 0.25": {"weight_drop": 0.25},
+    "layer_norm": {"layer_norm": True},
+    "all five": {
+        "recurrent_dropout": 0.25, "candidate_dropout": 0.25, "zoneout": 0.1,
+        "layer_norm": True, "weight_drop": 0.25,
+    },
+}  # fmt: skip
+
+
+def run_options_benchmark(
+    shapes: Sequence[Shape],
+    *,
+    reference_shapes: Sequence[str] = ("S2",),
+    rounds: int = 15,
+    budget_s: float = 30.0,
+    seed: int = 0,
+    log: Callable[[str], object] = print,
+) -> dict:
+    """The fused ``gru`` training step with each in-cell option, as a ratio to the plain fused
+    step, and (on ``reference_shapes``) the reference path's time with the same option over it."""
+    if not fused.available():
+        raise RuntimeError(f"the fused kernels are unavailable: {fused.unavailable_reason()}")
+    report: dict = {"machine": _machine(), "shapes": {}}
+    for shape in shapes:
+        log(f"timing the in-cell options at {shape} ...")
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand(shape.steps, shape.batch, shape.input, generator=g) - 0.5
+        backends = ["fused"] + (["reference"] if shape.name in reference_shapes else [])
+        cands = []
+        for backend in backends:
+            for label, options in OPTION_SETTINGS.items():
+                m = grukit.GRU(shape.input, shape.hidden, backend=backend, **options)
+                cands.append(_module_candidate(f"{backend} {label}", m, x))
+        _measure(cands, rounds, budget_s)
+        med = {c.name: statistics.median(c.times["train"]) for c in cands}
+        plain = med["fused plain"]
+        entry: dict = {
+            "shape": vars(shape),
+            "rounds": len(cands[0].times["train"]),
+            "median_train_s": med,
+            "vs_plain_fused": {k: med[f"fused {k}"] / plain for k in OPTION_SETTINGS},
+        }
+        if "reference" in backends:
+            entry["reference_over_fused"] = {
+                k: med[f"reference {k}"] / med[f"fused {k}"] for k in OPTION_SETTINGS
+            }
+        report["shapes"][shape.name] = entry
+    return report
+
+
+def format_options_report(report: dict) -> str:
+    shapes = list(report["shapes"])
+    lines = [
+        f"{report['machine']['processor']}, threads: {report['machine']['threads']}, "
+        f"torch {report['machine']['torch']}",
+        "",
+        "### in-cell options: fused training step as a ratio to the plain fused step"
+        " (and the reference path's time over the fused one)",
+        "",
+        "| option | " + " | ".join(shapes) + " |",
+        "|---|" + "---|" * len(shapes),
+    ]
+    for label in OPTION_SETTINGS:
+        cells = []
+        for s in shapes:
+            e = report["shapes"][s]
+            cell = f"{e['vs_plain_fused'][label]:.2f}x"
+            if "reference_over_fused" in e:
+                cell += f" (reference {e['reference_over_fused'][label]:.1f}x slower)"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    plain = [f"{report['shapes'][s]['median_train_s']['fused plain'] * 1e3:.1f}" for s in shapes]
+    lines.append("| (plain fused step, ms) | " + " | ".join(plain) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "grukit": grukit.__version__,
+        "blas": "BLAS called directly" if torch.ops.grukit.uses_blas() else "at::mm fallback",
+    }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def format_report(report: dict) -> str:
     """The tables of ratios that the README shows."""
     lines = [
-        f"threads: {report['machine']['threads']}, torch {report['machine']['torch']}, "
-        f"{report['machine']['blas']}",
+        f"{report['machine']['processor']}, threads: {report['machine']['threads']}, "
+        f"torch {report['machine']['torch']}, {report['machine']['blas']}",
         "",
     ]
     for mode, title in (("train", "training step (forward + backward)"), ("forward", "forward")):
@@ -261,7 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, of S1..S5")
+    parser.add_argument(
+        "--shapes",
+        default=None,
+        help="comma-separated, of S1..S5 (default: all; S2,S4 with --options)",
+    )
     parser.add_argument(
         "--variants", default=",".join(grukit.VARIANTS), help="fused variants to time"
     )
@@ -270,6 +375,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--no-scan", action="store_true", help="skip the minGRU scan timing")
     parser.add_argument("--json", default=None, help="write every timing to this file")
+    parser.add_argument(
+        "--options",
+        action="store_true",
+        help="time the in-cell options (recurrent dropout, zoneout, layer norm, ...) instead",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -277,7 +387,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    default_shapes = "S2,S4" if args.options else ",".join(SHAPES)
+    names = [s.strip() for s in (args.shapes or default_shapes).split(",") if s.strip()]
     unknown = [s for s in names if s not in SHAPES]
     if unknown:
         raise ConfigError(f"unknown shape(s) {unknown}; valid: {', '.join(SHAPES)}")
@@ -285,11 +396,17 @@ def run(args: argparse.Namespace) -> int:
     bad = [v for v in variants if v not in grukit.VARIANTS]
     if bad:
         raise ConfigError(f"unknown variant(s) {bad}; valid: {', '.join(grukit.VARIANTS)}")
-    report = run_benchmark(
-        [SHAPES[s] for s in names], variants, rounds=args.rounds, budget_s=args.budget,
-        scan=not args.no_scan,
-    )  # fmt: skip
-    print(format_report(report))
+    if args.options:
+        report = run_options_benchmark(
+            [SHAPES[s] for s in names], rounds=args.rounds, budget_s=args.budget
+        )
+        print(format_options_report(report))
+    else:
+        report = run_benchmark(
+            [SHAPES[s] for s in names], variants, rounds=args.rounds, budget_s=args.budget,
+            scan=not args.no_scan,
+        )  # fmt: skip
+        print(format_report(report))
     if args.json:
         from grukit.checkpoint import atomic_write_text
 

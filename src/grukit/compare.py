@@ -50,19 +50,22 @@ def parse_models(text: str) -> list[tuple[str, int | None]]:
     return models
 
 
-def model_parameters(task: Task, model: Any) -> int:
-    """Parameters of ``task``'s whole model for ModelConfig ``model`` (built on the meta
-    device: nothing is allocated)."""
+def model_parameters(task: Task, model: Any, cell: Any = None) -> int:
+    """Parameters of ``task``'s whole model for ModelConfig ``model`` and CellConfig ``cell``
+    (layer-norm gains count; built on the meta device: nothing is allocated)."""
     with torch.device("meta"):
-        net = task.build_model(model)
+        net = task.build_model(model, cell)
     return sum(p.numel() for p in net.parameters())
 
 
-def matched_hidden_size(task: Task, model: Any, variant: str, target: int) -> int:
-    """The units that bring ``variant``'s model for ``task`` closest to ``target`` parameters."""
+def matched_hidden_size(task: Task, model: Any, variant: str, target: int, cell: Any = None) -> int:
+    """The units that bring ``variant``'s model for ``task`` (with the in-cell options of
+    ``cell``) closest to ``target`` parameters."""
 
     def size(h: int) -> int:
-        return model_parameters(task, dataclasses.replace(model, variant=variant, hidden_size=h))
+        return model_parameters(
+            task, dataclasses.replace(model, variant=variant, hidden_size=h), cell
+        )
 
     lo, hi = 1, 8192
     while lo < hi:  # the count grows with the units: the first h whose count reaches target
@@ -115,16 +118,20 @@ def compare(
             wanted.append((variant, units))
     if not wanted:
         raise ConfigError(f"task {task.name!r} has no default models: pass --variants")
+    for variant, _ in wanted:  # [cell] options a variant cannot run: refused before training
+        base.replace(**{"model.variant": variant})
     reference = next(((v, u) for v, u in wanted if v == "gru"), wanted[0])
     ref_units = reference[1] or base.model.hidden_size
     target = model_parameters(
-        task, dataclasses.replace(base.model, variant=reference[0], hidden_size=ref_units)
+        task,
+        dataclasses.replace(base.model, variant=reference[0], hidden_size=ref_units),
+        base.cell,
     )
     monitor = task.monitor
     paper = task.paper_results()
     rows = []
     for variant, units in wanted:
-        hidden = units or matched_hidden_size(task, base.model, variant, target)
+        hidden = units or matched_hidden_size(task, base.model, variant, target, base.cell)
         by_lr: dict[float, list[dict[str, Any]]] = {}
         for lr in lrs or (base.optim.lr,):
             for seed in range(base.run.seed, base.run.seed + seeds):

@@ -5,7 +5,9 @@ They build the same :class:`~grukit.tasks.classify.task.ClassifyTask` /
 same :class:`~grukit.train.Trainer` (no second training loop), in a temporary run folder that is
 removed after ``fit`` unless ``out`` names one. ``get_params`` / ``set_params`` follow
 scikit-learn's convention (constructor arguments stored as attributes, nothing else done in
-``__init__``), so ``sklearn.base.clone`` works without grukit importing scikit-learn.
+``__init__``), so ``sklearn.base.clone`` works without grukit importing scikit-learn. The in-cell
+options of a run config's ``[cell]`` section (``recurrent_dropout``, ``candidate_dropout``,
+``zoneout``, ``layer_norm``, ``weight_drop``) are constructor arguments too.
 
 >>> clf = GRUClassifier(hidden_size=32, epochs=20)               # doctest: +SKIP
 >>> clf.fit(X_train, y_train).score(X_test, y_test)             # doctest: +SKIP
@@ -71,6 +73,8 @@ class _Params:
             num_layers=self.num_layers, bidirectional=self.bidirectional, dropout=self.dropout,
             backend=self.backend, lr=self.lr, batch_size=self.batch_size, epochs=self.epochs,
             patience=self.patience, seed=self.seed, device=self.device,
+            recurrent_dropout=self.recurrent_dropout, candidate_dropout=self.candidate_dropout,
+            zoneout=self.zoneout, layer_norm=self.layer_norm, weight_drop=self.weight_drop,
             progress=False, **options,
         )  # fmt: skip
 
@@ -148,6 +152,11 @@ class GRUClassifier(_Params):
         bidirectional: bool = False,
         pooling: str = "last",
         dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        candidate_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        layer_norm: bool = False,
+        weight_drop: float = 0.0,
         lr: float = 3e-3,
         batch_size: int = 16,
         epochs: int = 60,
@@ -221,6 +230,11 @@ class GRUForecaster(_Params):
         num_layers: int = 1,
         bidirectional: bool = False,
         dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        candidate_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        layer_norm: bool = False,
+        weight_drop: float = 0.0,
         decoder: str = "direct",
         lr: float = 3e-3,
         batch_size: int = 16,

@@ -1,6 +1,7 @@
 """Models the tasks train: a recurrent stack of any grukit variant with a task head.
 
-Every model is built from the ``[model]`` section (:class:`grukit.runconfig.ModelConfig`):
+Every model is built from the ``[model]`` section (:class:`grukit.runconfig.ModelConfig`) and
+the ``[cell]`` section (:class:`grukit.runconfig.CellConfig`, regularisation inside the cell):
 ``recurrent_stack`` makes the :class:`grukit.GRU` (any variant, deep, optionally
 bidirectional), and each head reads it in its own way:
 
@@ -14,6 +15,7 @@ bidirectional), and each head reads it in its own way:
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -26,12 +28,21 @@ from grukit.rnn import GRU
 __all__ = ["Forecaster", "SequenceClassifier", "SequenceModel", "recurrent_stack"]
 
 
-def recurrent_stack(input_size: int, model: Any) -> GRU:
-    """The :class:`grukit.GRU` that ``model`` (a ModelConfig) describes, time-major."""
+def _cell_kwargs(cell: Any) -> dict[str, Any]:
+    """The in-cell options of ``cell`` (a CellConfig, a CellOptions or None) as GRU keywords."""
+    if cell is None:
+        return {}
+    return {f.name: getattr(cell, f.name) for f in fields(cell)}
+
+
+def recurrent_stack(input_size: int, model: Any, cell: Any = None) -> GRU:
+    """The :class:`grukit.GRU` that ``model`` (a ModelConfig) and ``cell`` (a CellConfig, or
+    None for the plain cell) describe, time-major."""
     return GRU(
         input_size, model.hidden_size, model.num_layers,
         dropout=model.dropout if model.num_layers > 1 else 0.0,
         bidirectional=model.bidirectional, variant=model.variant, backend=model.backend,
+        **_cell_kwargs(cell),
     )  # fmt: skip
 
 
@@ -55,9 +66,9 @@ class SequenceModel(nn.Module):
     layout with ``output_size`` features, and the final state of the recurrent stack.
     """
 
-    def __init__(self, input_size: int, output_size: int, model: Any) -> None:
+    def __init__(self, input_size: int, output_size: int, model: Any, *, cell: Any = None) -> None:
         super().__init__()
-        self.rnn = recurrent_stack(input_size, model)
+        self.rnn = recurrent_stack(input_size, model, cell)
         directions = 2 if model.bidirectional else 1
         self.head = nn.Linear(model.hidden_size * directions, output_size)
         self.input_dropout = model.input_dropout
@@ -89,11 +100,19 @@ class SequenceClassifier(nn.Module):
     each sequence's valid steps only (padding never counts).
     """
 
-    def __init__(self, input_size: int, num_classes: int, model: Any, pooling: str = "last"):
+    def __init__(
+        self,
+        input_size: int,
+        num_classes: int,
+        model: Any,
+        pooling: str = "last",
+        *,
+        cell: Any = None,
+    ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-        self.rnn = recurrent_stack(input_size, model)
+        self.rnn = recurrent_stack(input_size, model, cell)
         self.directions = 2 if model.bidirectional else 1
         self.pooling = pooling
         self.input_dropout = model.input_dropout
@@ -128,7 +147,14 @@ class Forecaster(nn.Module):
     """
 
     def __init__(
-        self, inputs: int, targets: int, horizon: int, model: Any, decoder: str = "direct"
+        self,
+        inputs: int,
+        targets: int,
+        horizon: int,
+        model: Any,
+        decoder: str = "direct",
+        *,
+        cell: Any = None,
     ) -> None:
         super().__init__()
         if decoder not in ("direct", "autoregressive"):
@@ -137,7 +163,7 @@ class Forecaster(nn.Module):
             raise ValueError("the autoregressive decoder feeds predictions back: no covariates")
         if model.bidirectional and decoder == "autoregressive":
             raise ValueError("the autoregressive decoder needs a unidirectional encoder")
-        self.rnn = recurrent_stack(inputs, model)
+        self.rnn = recurrent_stack(inputs, model, cell)
         self.directions = 2 if model.bidirectional else 1
         self.horizon, self.targets, self.decoder = horizon, targets, decoder
         self.input_dropout = model.input_dropout

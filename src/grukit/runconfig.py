@@ -1,12 +1,13 @@
-"""The run configuration in sections: ``[task]``, ``[model]``, ``[optim]``, ``[run]``.
+"""The run configuration in sections: ``[task]``, ``[model]``, ``[cell]``, ``[optim]``, ``[run]``.
 
-A run config is four typed dataclasses. ``[task]`` holds ``name``, ``data`` and the options of
+A run config is five typed dataclasses. ``[task]`` holds ``name``, ``data`` and the options of
 that task (its ``Config`` class, looked up in the task registry); the other sections are common
-to every task. TOML files and flags address a key as ``section.key`` (``--model.hidden-size 46``)
-or, where the name is unique, by the key alone (``--hidden-size 46``; ``--task`` and ``--data``
-for ``task.name`` and ``task.data``). Values resolve as: section defaults, then the task's own
-``defaults``, then a TOML file, then the flags; every key is type-checked and unknown keys are
-refused with the valid list.
+to every task. ``[cell]`` holds the regularisation inside the recurrent cell
+(:mod:`grukit.cell_options`), checked against ``model.variant``. TOML files and flags address a
+key as ``section.key`` (``--model.hidden-size 46``) or, where the name is unique, by the key
+alone (``--hidden-size 46``; ``--task`` and ``--data`` for ``task.name`` and ``task.data``).
+Values resolve as: section defaults, then the task's own ``defaults``, then a TOML file, then
+the flags; every key is type-checked and unknown keys are refused with the valid list.
 
 A flat TOML file or saved config (grukit 0.1: ``hidden_size = 46`` at the top level) is read
 through the same short names, so old run folders and configs keep working.
@@ -33,6 +34,7 @@ __all__ = [
     "CONFIG_DIR",
     "RESUMABLE_KEYS",
     "SECTIONS",
+    "CellConfig",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
@@ -95,6 +97,34 @@ class ModelConfig:
             )
         if self.variant not in BASELINES:
             get_variant(self.variant)
+
+
+@dataclass
+class CellConfig:
+    """``[cell]``: regularisation inside the recurrent cell (grukit.cell_options)"""
+
+    recurrent_dropout: float = opt(
+        0.0, "variational dropout on the state feeding the recurrent matmul (one mask per sequence)"
+    )
+    candidate_dropout: float = opt(0.0, "dropout on the candidate n (a fresh mask per step)")
+    zoneout: float = opt(
+        0.0, "probability that a unit keeps its previous value (expectation at evaluation)"
+    )
+    layer_norm: bool = opt(
+        False, "layer normalisation of every block's input and recurrent pre-activations"
+    )
+    weight_drop: float = opt(0.0, "DropConnect on weight_hh (one mask per forward call)")
+
+    def validate(self) -> None:
+        for name in ("recurrent_dropout", "candidate_dropout", "zoneout", "weight_drop"):
+            _check_probability(f"cell.{name}", getattr(self, name))
+
+    def options(self) -> Any:
+        """The :class:`grukit.cell_options.CellOptions` of this section (not yet checked
+        against a variant)."""
+        from grukit.cell_options import CellOptions
+
+        return CellOptions(**C.config_to_dict(self))
 
 
 @dataclass
@@ -175,7 +205,9 @@ class RuntimeConfig:
 
 
 #: The sections common to every task; ``[task]`` is the task's own ``Config``.
-SECTIONS: dict[str, type] = {"model": ModelConfig, "optim": OptimConfig, "run": RuntimeConfig}
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "cell": CellConfig, "optim": OptimConfig, "run": RuntimeConfig,
+}  # fmt: skip
 
 #: Keys a resumed run may change; every other key must match the run's saved config.
 RESUMABLE_KEYS = frozenset(
@@ -190,6 +222,14 @@ def _check(ok: bool, message: str) -> None:
 
 def _check_probability(name: str, value: float) -> None:
     _check(0 <= value < 1, f"{name} must be in [0, 1), got {value}")
+
+
+def _check_cell(model: ModelConfig, cell: CellConfig) -> None:
+    """``[cell]`` against ``model.variant``: an option the variant cannot run is refused."""
+    try:
+        cell.options().check(model.variant, owner="cell")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def resolve_device(name: str) -> Any:
@@ -213,15 +253,20 @@ def resolve_device(name: str) -> Any:
 
 @dataclass
 class RunConfig:
-    """A whole run: ``task`` (the task's own ``Config``), ``model``, ``optim``, ``run``."""
+    """A whole run: ``task`` (the task's own ``Config``), ``model``, ``cell``, ``optim``,
+    ``run``."""
 
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    cell: CellConfig = dataclasses.field(default_factory=CellConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     run: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
 
     def sections(self) -> dict[str, Any]:
-        return {"task": self.task, "model": self.model, "optim": self.optim, "run": self.run}
+        return {
+            "task": self.task, "model": self.model, "cell": self.cell, "optim": self.optim,
+            "run": self.run,
+        }  # fmt: skip
 
     def flat(self) -> dict[str, Any]:
         """``{"section.key": value}`` of every key."""
@@ -363,6 +408,7 @@ def _assemble(values: Mapping[str, Any], source: str, *, none_token: bool = Fals
             )
         raise C._unknown_keys_error(source, unknown, _dotted_keys(task_cls))
     built = {s: C._instantiate(cls, grouped[s], source) for s, cls in classes.items()}
+    _check_cell(built["model"], built["cell"])
     return RunConfig(**built)
 
 

@@ -65,10 +65,10 @@ __all__ = [
 
 
 def build_model(config: RunConfig, task: Task) -> nn.Module:
-    """The model ``config.model`` describes, shaped for ``task``; an impossible size is a
-    ConfigError, not a crash."""
+    """The model ``config.model`` and ``config.cell`` describe, shaped for ``task``; an
+    impossible size is a ConfigError, not a crash."""
     try:
-        return task.build_model(config.model)
+        return task.build_model(config.model, config.cell)
     except (MemoryError, RuntimeError) as exc:
         if isinstance(exc, MemoryError) or "memory" in str(exc).lower():
             raise ConfigError(

@@ -7,7 +7,7 @@ subclass and one line in :data:`grukit.tasks.REGISTRY`. It declares:
 * ``Config``: a dataclass subclass of :class:`TaskConfig` (``name``, ``data`` and the task's own
   options, validated in its ``validate()``); it is the ``[task]`` section of a run config;
 * its data (:meth:`Task.load` from a config, or a constructor taking data already in memory);
-* its model (:meth:`Task.build_model` from the ``[model]`` section);
+* its model (:meth:`Task.build_model` from the ``[model]`` and ``[cell]`` sections);
 * its loss as ``(summed loss, count)`` (:meth:`Task.loss`), which all-reduces exactly;
 * its metrics: :meth:`Task.eval_sums` returns additive statistics of a batch, summed over
   batches, and :meth:`Task.metrics` turns the sums into named values; ``modes`` says for each
@@ -117,8 +117,10 @@ class Task(ABC):
     # ------------------------------------------------------------------ model and loss
 
     @abstractmethod
-    def build_model(self, model: Any) -> nn.Module:
-        """The network that ``model`` (a :class:`grukit.runconfig.ModelConfig`) describes."""
+    def build_model(self, model: Any, cell: Any = None) -> nn.Module:
+        """The network that the [model] and [cell] sections describe: ``model`` a
+        :class:`grukit.runconfig.ModelConfig`, ``cell`` a :class:`grukit.runconfig.CellConfig`
+        (None: the plain cell)."""
 
     @abstractmethod
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, int]:

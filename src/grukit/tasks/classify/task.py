@@ -179,8 +179,10 @@ class ClassifyTask(Task):
     def size(self, split: str) -> int:
         return len(self._x[split])
 
-    def build_model(self, model: Any) -> nn.Module:
-        return SequenceClassifier(self.channels, len(self.classes), model, self.config.pooling)
+    def build_model(self, model: Any, cell: Any = None) -> nn.Module:
+        return SequenceClassifier(
+            self.channels, len(self.classes), model, self.config.pooling, cell=cell
+        )
 
     def batches(
         self, split: str, batch_size: int, *, shuffle: bool = False, generator: Any = None

@@ -193,9 +193,14 @@ class ForecastTask(Task):
     def size(self, split: str) -> int:
         return len(self.origins[split])
 
-    def build_model(self, model: Any) -> nn.Module:
+    def build_model(self, model: Any, cell: Any = None) -> nn.Module:
         return Forecaster(
-            self.x.shape[1], self.n_targets, self.config.horizon, model, self.config.decoder
+            self.x.shape[1],
+            self.n_targets,
+            self.config.horizon,
+            model,
+            self.config.decoder,
+            cell=cell,
         )
 
     def _batch(self, origins: np.ndarray) -> ForecastBatch:

@@ -111,13 +111,13 @@ class MusicTask(Task):
     def frames(self, split: str) -> int:
         return sum(s.shape[0] - 1 for s in self._tensors[split])
 
-    def build_model(self, model: Any) -> nn.Module:
+    def build_model(self, model: Any, cell: Any = None) -> nn.Module:
         if model.bidirectional:
             raise ConfigError(
                 "the music task predicts the next frame from the past only: "
                 "model.bidirectional must be false"
             )
-        return SequenceModel(self.input_size, self.output_size, model)
+        return SequenceModel(self.input_size, self.output_size, model, cell=cell)
 
     def batches(
         self,
