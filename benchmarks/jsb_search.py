@@ -11,9 +11,9 @@ Grids:
   ``large``  wider and deeper GRUs with dropout and/or weight noise (15 runs);
   ``cell``   the in-cell regularisers on the larger GRU (256 units, the ``jsb_large`` settings):
              each alone, with and without weight noise, and in combinations (the README's
-             ablation table, 2 seeds);
+             ablation table; ``--seeds``, default 2);
   ``chung_cell`` the 20K-parameter GRU-46 under Chung et al.'s protocol (``chung2014``, weight
-             noise included) with in-cell regularisers added (2 seeds).
+             noise included) with in-cell regularisers added (``--seeds``, default 2).
 Each finished run appends one JSON line (its settings and train/valid/test NLL) to ``--out``.
 On 2 cores the small grid takes about 40 minutes; it parallelises across as many cores as given.
 """
@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 
-def grid(which: str) -> list[tuple[str, dict[str, Any]]]:
+def grid(which: str, seeds: int = 2) -> list[tuple[str, dict[str, Any]]]:
     items: list[tuple[str, dict[str, Any]]] = []
     if which == "small":
         base = dict(variant="gru", hidden_size=46, epochs=300, patience=30, clip_grad_norm=5.0,
@@ -89,7 +89,7 @@ def grid(which: str) -> list[tuple[str, dict[str, Any]]]:
             ("wn+ln", {"weight_noise": 0.075, "layer_norm": True}),
             ("wn+zo+rd", {"weight_noise": 0.075, "zoneout": 0.15, "recurrent_dropout": 0.25}),
         ]
-        for (tag, extra), seed in itertools.product(settings, [0, 1]):
+        for (tag, extra), seed in itertools.product(settings, range(seeds)):
             items.append((f"cell_{tag}_s{seed}", dict(base, seed=seed, **extra)))
     elif which == "chung_cell":
         base = dict(variant="gru", hidden_size=46, epochs=300, patience=30, clip_grad_norm=1.0,
@@ -102,7 +102,7 @@ def grid(which: str) -> list[tuple[str, dict[str, Any]]]:
             ("zo0.1+rd0.1", {"zoneout": 0.1, "recurrent_dropout": 0.1}),
             ("ln", {"layer_norm": True}),
         ]
-        for (tag, extra), seed in itertools.product(settings, [0, 1]):
+        for (tag, extra), seed in itertools.product(settings, range(seeds)):
             items.append((f"cc_{tag}_s{seed}", dict(base, seed=seed, **extra)))
     else:
         raise SystemExit(f"unknown grid {which!r}: small, chung, large, cell or chung_cell")
@@ -140,11 +140,12 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=2, help="runs at once, one thread each")
     parser.add_argument("--out", default=None, help="JSON lines (default GRID.jsonl)")
     parser.add_argument("--runs-dir", default="runs/search", help="folder for the run folders")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per setting (cell grids)")
     args = parser.parse_args()
     from grukit import fused
 
     fused.available()  # build the kernels once, before the workers start
-    jobs = [(name, kw, args.data, args.runs_dir) for name, kw in grid(args.grid)]
+    jobs = [(name, kw, args.data, args.runs_dir) for name, kw in grid(args.grid, args.seeds)]
     out = args.out or f"{args.grid}.jsonl"
     print(f"{len(jobs)} runs, {args.procs} at a time, into {out}", flush=True)
     with mp.get_context("spawn").Pool(args.procs) as pool, open(out, "a") as f:

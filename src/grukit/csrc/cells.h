@@ -391,36 +391,46 @@ inline T lane_total(Vec<T> v) {
   return s;
 }
 
-// sum of a[i] (b == null) or a[i] * b[i] over [0, H)
+// (sum of d[i], sum of d[i]^2) over [0, H) for d = a - shift, in one pass (the shift, the
+// row's first value, keeps the variance free of cancellation when the mean is large)
 template <typename T>
-inline T row_sum(const T* a, const T* b, int64_t H) {
+inline std::pair<T, T> shifted_sums(const T* a, T shift, int64_t H) {
   constexpr int64_t Wd = Vec<T>::size();
-  Vec<T> acc(T(0));
+  const Vec<T> c(shift);
+  Vec<T> s1(T(0)), s2(T(0));
   int64_t i = 0;
   for (; i + Wd <= H; i += Wd) {
-    const Vec<T> x = Vec<T>::loadu(a + i);
-    acc = b ? at::vec::fmadd(x, Vec<T>::loadu(b + i), acc) : acc + x;
+    const Vec<T> d = Vec<T>::loadu(a + i) - c;
+    s1 = s1 + d;
+    s2 = at::vec::fmadd(d, d, s2);
   }
-  T s = lane_total(acc);
-  for (; i < H; ++i) s += b ? a[i] * b[i] : a[i];
-  return s;
+  T t1 = lane_total(s1), t2 = lane_total(s2);
+  for (; i < H; ++i) {
+    const T d = a[i] - shift;
+    t1 += d;
+    t2 += d * d;
+  }
+  return {t1, t2};
 }
 
 constexpr double kLayerNormEps = 1e-5;  // grukit.cell_options.LAYER_NORM_EPS
 
 // Normalises one row's K blocks in place; xhat (K*H, or null) and rstd (K, or null) are saved.
+// Two passes per block: the shifted sums, then xhat = (u - mean) rstd and u = gain xhat.
 template <typename T>
 void layer_norm_row(T* u, int64_t K, int64_t H, const T* gain, T* xhat, T* rstd) {
   for (int64_t k = 0; k < K; ++k) {
     T* b = u + k * H;
-    const T mean = row_sum<T>(b, nullptr, H) / T(H);
-    for_lanes<T>(H, [&](int64_t j, int64_t cnt) { store(b, j, cnt, load<T>(b, j, cnt) - Vec<T>(mean)); });
-    const T var = row_sum<T>(b, b, H) / T(H);
+    const auto [s1, s2] = shifted_sums<T>(b, b[0], H);
+    const T dm = s1 / T(H);  // mean - b[0]
+    const T mean = b[0] + dm;
+    const T var = std::max(s2 / T(H) - dm * dm, T(0));
     const T rs = T(1) / std::sqrt(var + T(kLayerNormEps));
+    const Vec<T> vm(mean), vr(rs);
     const T* gk = gain + k * H;
     T* xk = xhat ? xhat + k * H : nullptr;
     for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-      const Vec<T> xh = load<T>(b, j, cnt) * Vec<T>(rs);
+      const Vec<T> xh = (load<T>(b, j, cnt) - vm) * vr;
       if (xk) store(xk, j, cnt, xh);
       store(b, j, cnt, xh * load<T>(gk, j, cnt));
     });
@@ -439,21 +449,33 @@ void layer_norm_rows(T* u, int64_t ld, int64_t K, int64_t H, const T* gain, T* x
 }
 
 // Backward of layer_norm_row for one row: du = rstd (gain dy - mean(gain dy)
-// - xhat mean(gain dy xhat)), block by block.
+// - xhat mean(gain dy xhat)), block by block; du may not alias dy.
 template <typename T>
 void layer_norm_backward_row(const T* dy, const T* xhat, const T* rstd, const T* gain,
                              int64_t K, int64_t H, T* du) {
+  constexpr int64_t Wd = Vec<T>::size();
   for (int64_t k = 0; k < K; ++k) {
     const T* d = dy + k * H;
     const T* x = xhat + k * H;
     const T* gk = gain + k * H;
     T* o = du + k * H;
-    for_lanes<T>(H, [&](int64_t j, int64_t cnt) { store(o, j, cnt, load<T>(d, j, cnt) * load<T>(gk, j, cnt)); });
-    const T m1 = row_sum<T>(o, nullptr, H) / T(H);
-    const T m2 = row_sum<T>(o, x, H) / T(H);
-    const Vec<T> rs(rstd[k]);
+    Vec<T> s1(T(0)), s2(T(0));
+    int64_t i = 0;
+    for (; i + Wd <= H; i += Wd) {
+      const Vec<T> dg = Vec<T>::loadu(d + i) * Vec<T>::loadu(gk + i);
+      s1 = s1 + dg;
+      s2 = at::vec::fmadd(dg, Vec<T>::loadu(x + i), s2);
+    }
+    T m1 = lane_total(s1), m2 = lane_total(s2);
+    for (; i < H; ++i) {
+      const T dg = d[i] * gk[i];
+      m1 += dg;
+      m2 += dg * x[i];
+    }
+    const Vec<T> rs(rstd[k]), vm1(m1 / T(H)), vm2(m2 / T(H));
     for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-      store(o, j, cnt, rs * (load<T>(o, j, cnt) - Vec<T>(m1) - load<T>(x, j, cnt) * Vec<T>(m2)));
+      const Vec<T> dg = load<T>(d, j, cnt) * load<T>(gk, j, cnt);
+      store(o, j, cnt, rs * (dg - vm1 - load<T>(x, j, cnt) * vm2));
     });
   }
 }
