@@ -148,6 +148,14 @@ def _batch_and_rows(input: Tensor | PackedSequence, batch_first: bool) -> tuple[
     return int(N), int(T * N)
 
 
+def _refuse_baseline_masks(owner: str, variant: str, masks: object) -> None:
+    if masks is not None:
+        raise ValueError(
+            f"{owner}: variant {variant!r} runs torch's own module, which takes no in-cell "
+            "masks; pass masks=None"
+        )
+
+
 def _shape(t: Tensor) -> tuple[int, ...]:
     return tuple(t.shape)
 
@@ -472,6 +480,7 @@ class GRU(nn.Module):
                 )
             sorted_indices = unsorted_indices = None
         if self.variant in BASELINES:
+            _refuse_baseline_masks(owner, self.variant, masks)
             return self._forward_torch(input, hx)
         if masks is not None and len(masks) != len(self._weight_names):
             raise ValueError(
@@ -690,6 +699,7 @@ class GRUCell(nn.Module):
         if input.dim() == 2 and input.shape[0] == 0:
             raise ValueError(f"{owner}: got an empty batch (batch size 0)")
         if self._torch_template is not None:
+            _refuse_baseline_masks(owner, self.variant, masks)
             self.last_backend = "torch"
             args = (input,) if hx is None else (input, hx)
             return functional_call(self._torch_template, dict(self.named_parameters()), args)
