@@ -1174,3 +1174,31 @@ def test_cell_loop_with_one_mask_equals_gru_with_tiled_masks(name):
     out, hn = gru(x, h0, masks=[tiled])
     torch.testing.assert_close(torch.stack(outs), out, atol=1e-13, rtol=1e-13)
     torch.testing.assert_close(h, hn[0], atol=1e-13, rtol=1e-13)
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.1, 0.25, 0.5, 0.9, 0.99999, 1.0])
+def test_bernoulli_mask_keeps_the_asked_share(keep):
+    from grukit.cell_options import bernoulli_mask
+
+    n = 400_000
+    m = bernoulli_mask(
+        (n,), keep, torch.empty(0, dtype=torch.float64), torch.Generator().manual_seed(3)
+    )
+    assert m.dtype == torch.float64 and set(m.unique().tolist()) <= {0.0, 1.0}
+    resolved = min(round(keep * 2**16) / 2**16, 1.0)
+    sd = (resolved * (1 - resolved) / n) ** 0.5
+    assert abs(m.mean().item() - resolved) <= 5 * sd + 1e-12
+    # neighbours (lanes of one 64-bit draw) are independent
+    if 0 < resolved < 1:
+        both = (m[:-1] * m[1:]).mean().item()
+        assert abs(both - resolved**2) <= 10 * sd
+
+
+def test_bernoulli_mask_follows_the_generator():
+    from grukit.cell_options import bernoulli_mask
+
+    like = torch.empty(0)
+    a = bernoulli_mask((37, 11), 0.3, like, torch.Generator().manual_seed(5))
+    b = bernoulli_mask((37, 11), 0.3, like, torch.Generator().manual_seed(5))
+    c = bernoulli_mask((37, 11), 0.3, like, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (37, 11)
