@@ -416,9 +416,11 @@ inline std::pair<T, T> shifted_sums(const T* a, T shift, int64_t H) {
 constexpr double kLayerNormEps = 1e-5;  // grukit.cell_options.LAYER_NORM_EPS
 
 // Normalises one row's K blocks in place; xhat (K*H, or null) and rstd (K, or null) are saved.
-// Two passes per block: the shifted sums, then xhat = (u - mean) rstd and u = gain xhat.
+// Two passes per block: the shifted sums, then xhat = (u - mean) rstd and u = gain xhat (whole
+// vectors, then the tail one value at a time: partial vector loads cost more at small H).
 template <typename T>
 void layer_norm_row(T* u, int64_t K, int64_t H, const T* gain, T* xhat, T* rstd) {
+  constexpr int64_t Wd = Vec<T>::size();
   for (int64_t k = 0; k < K; ++k) {
     T* b = u + k * H;
     const auto [s1, s2] = shifted_sums<T>(b, b[0], H);
@@ -429,11 +431,17 @@ void layer_norm_row(T* u, int64_t K, int64_t H, const T* gain, T* xhat, T* rstd)
     const Vec<T> vm(mean), vr(rs);
     const T* gk = gain + k * H;
     T* xk = xhat ? xhat + k * H : nullptr;
-    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-      const Vec<T> xh = (load<T>(b, j, cnt) - vm) * vr;
-      if (xk) store(xk, j, cnt, xh);
-      store(b, j, cnt, xh * load<T>(gk, j, cnt));
-    });
+    int64_t i = 0;
+    for (; i + Wd <= H; i += Wd) {
+      const Vec<T> xh = (Vec<T>::loadu(b + i) - vm) * vr;
+      if (xk) xh.store(xk + i);
+      (xh * Vec<T>::loadu(gk + i)).store(b + i);
+    }
+    for (; i < H; ++i) {
+      const T xh = (b[i] - mean) * rs;
+      if (xk) xk[i] = xh;
+      b[i] = xh * gk[i];
+    }
     if (rstd) rstd[k] = rs;
   }
 }
@@ -472,11 +480,15 @@ void layer_norm_backward_row(const T* dy, const T* xhat, const T* rstd, const T*
       m1 += dg;
       m2 += dg * x[i];
     }
-    const Vec<T> rs(rstd[k]), vm1(m1 / T(H)), vm2(m2 / T(H));
-    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-      const Vec<T> dg = load<T>(d, j, cnt) * load<T>(gk, j, cnt);
-      store(o, j, cnt, rs * (dg - vm1 - load<T>(x, j, cnt) * vm2));
-    });
+    m1 /= T(H);
+    m2 /= T(H);
+    const T r = rstd[k];
+    const Vec<T> rs(r), vm1(m1), vm2(m2);
+    for (i = 0; i + Wd <= H; i += Wd) {
+      const Vec<T> dg = Vec<T>::loadu(d + i) * Vec<T>::loadu(gk + i);
+      (rs * (dg - vm1 - Vec<T>::loadu(x + i) * vm2)).store(o + i);
+    }
+    for (; i < H; ++i) o[i] = r * (d[i] * gk[i] - m1 - x[i] * m2);
   }
 }
 
