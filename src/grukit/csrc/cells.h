@@ -174,6 +174,21 @@ inline Vec<T> post_update_backward(const T* zone, Vec<T> g, Vec<T>* keep, int64_
   return g - *keep;
 }
 
+// dL/dh_new at lanes [j, j+cnt) of a backward row: dL/dh' = dh + dout through the post-update
+// step; *kept gets the share that goes straight to h_{t-1} (zoneout).
+template <typename T>
+inline Vec<T> incoming_gradient(const BackRow<T>& q, Vec<T>* kept, int64_t j, int64_t cnt) {
+  return post_update_backward(q.zone, load<T>(q.dh, j, cnt) + load<T>(q.dout, j, cnt), kept, j,
+                              cnt);
+}
+
+// dL/dh_{t-1} that skips the matmuls: the update's share, plus zoneout's.
+template <typename T>
+inline void store_direct_gradient(const BackRow<T>& q, Vec<T> update_share, Vec<T> kept,
+                                  int64_t j, int64_t cnt) {
+  store(q.dh, j, cnt, q.zone ? update_share + kept : update_share);
+}
+
 // Pre-activation of gate k at lanes [j, j+cnt): x part + bias_ih, h part, bias_hh.
 template <typename T>
 inline Vec<T> gate_preactivation(const Layout& L, const FwdRow<T>& q, int64_t k, int64_t j,
@@ -228,8 +243,7 @@ struct GruResetAfter {
     const Vec<T> one(T(1));
     const T* w = q.ws;
     Vec<T> kept;
-    const Vec<T> g = post_update_backward(
-        q.zone, load<T>(q.dh, j, cnt) + load<T>(q.dout, j, cnt), &kept, j, cnt);
+    const Vec<T> g = incoming_gradient(q, &kept, j, cnt);
     const Vec<T> r = load<T>(w + L.ws_r * H, j, cnt), z = load<T>(w + L.ws_z * H, j, cnt);
     const Vec<T> n = load<T>(w + L.ws_n * H, j, cnt), hn = load<T>(w + L.ws_hn * H, j, cnt);
     const Vec<T> hp = load<T>(w + L.ws_hprev * H, j, cnt);
@@ -239,7 +253,7 @@ struct GruResetAfter {
     store(q.da + H, j, cnt, g * (hp - nd) * z * (one - z));
     store(q.da + 2 * H, j, cnt, dan * r);
     store(q.da + 3 * H, j, cnt, dan);
-    store(q.dh, j, cnt, q.zone ? g * z + kept : g * z);
+    store_direct_gradient(q, g * z, kept, j, cnt);
   }
 };
 
@@ -289,20 +303,19 @@ struct ResetBefore {
     const Vec<T> one(T(1));
     const T* w = q.ws;
     Vec<T> kept;
-    const Vec<T> g = post_update_backward(
-        q.zone, load<T>(q.dh, j, cnt) + load<T>(q.dout, j, cnt), &kept, j, cnt);
+    const Vec<T> g = incoming_gradient(q, &kept, j, cnt);
     const Vec<T> n = load<T>(w + L.ws_n * H, j, cnt), hp = load<T>(w + L.ws_hprev * H, j, cnt);
     const Vec<T> nd = candidate(q.cand, n, j, cnt);
     if (kMguUpdate) {
       const Vec<T> f = load<T>(w + L.ws_r * H, j, cnt);
       store(q.da + H, j, cnt, candidate(q.cand, g * f, j, cnt) * (one - n * n));
       store(q.da, j, cnt, g * (nd - hp));  // df from the update; pass 2 adds the reset part
-      store(q.dh, j, cnt, q.zone ? g * (one - f) + kept : g * (one - f));
+      store_direct_gradient(q, g * (one - f), kept, j, cnt);
     } else {
       const Vec<T> z = load<T>(w + L.ws_z * H, j, cnt);
       store(q.da + H, j, cnt, g * (hp - nd) * z * (one - z));
       store(q.da + 2 * H, j, cnt, candidate(q.cand, g * (one - z), j, cnt) * (one - n * n));
-      store(q.dh, j, cnt, q.zone ? g * z + kept : g * z);
+      store_direct_gradient(q, g * z, kept, j, cnt);
     }
   }
 
@@ -355,14 +368,13 @@ struct MinGru {
     const Vec<T> one(T(1));
     const T* w = q.ws;
     Vec<T> kept;
-    const Vec<T> g = post_update_backward(
-        q.zone, load<T>(q.dh, j, cnt) + load<T>(q.dout, j, cnt), &kept, j, cnt);
+    const Vec<T> g = incoming_gradient(q, &kept, j, cnt);
     const Vec<T> z = load<T>(w + L.ws_z * H, j, cnt), n = load<T>(w + L.ws_n * H, j, cnt);
     const Vec<T> hp = load<T>(w + L.ws_hprev * H, j, cnt);
     const Vec<T> nd = candidate(q.cand, n, j, cnt);
     store(q.da, j, cnt, g * (nd - hp) * z * (one - z));
     store(q.da + H, j, cnt, candidate(q.cand, g * z, j, cnt) * vg_grad_from_value(n));
-    store(q.dh, j, cnt, q.zone ? g * (one - z) + kept : g * (one - z));
+    store_direct_gradient(q, g * (one - z), kept, j, cnt);
   }
 };
 

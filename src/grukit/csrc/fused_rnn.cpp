@@ -464,10 +464,11 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
                   dw_ih.data_ptr<T>() + sg.row * I, I);
       }
       if (db_ih.defined())
-        column_sums<T>(dAc + sg.col, rows, sg.width, sa, db_ih.data_ptr<T>() + sg.row, !first);
+        column_sums<T>(dAc + sg.col, sa, nullptr, 0, rows, sg.width, db_ih.data_ptr<T>() + sg.row,
+                       !first);
       if (dln_ih.defined())
-        column_dot_sums<T>(dAc + sg.col, sa, wsc + L.ws_xhat_x * H + sg.row, sw, rows, sg.width,
-                           dln_ih.data_ptr<T>() + sg.row, !first);
+        column_sums<T>(dAc + sg.col, sa, wsc + L.ws_xhat_x * H + sg.row, sw, rows, sg.width,
+                       dln_ih.data_ptr<T>() + sg.row, !first);
     }
     if (dw_hh.defined()) {
       for (const Segment& sg : hprev_seg)  // the matmuls' source: h_{t-1}, or h~_{t-1}
@@ -479,11 +480,12 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
     }
     if (db_hh.defined())
       for (const Segment& sg : bhh_seg)
-        column_sums<T>(dAc + sg.col, rows, sg.width, sa, db_hh.data_ptr<T>() + sg.row, !first);
+        column_sums<T>(dAc + sg.col, sa, nullptr, 0, rows, sg.width, db_hh.data_ptr<T>() + sg.row,
+                       !first);
     if (dln_hh.defined())
       for (const Segment& sg : hln_seg)
-        column_dot_sums<T>(dAc + sg.col, sa, wsc + L.ws_xhat_h * H + sg.row, sw, rows, sg.width,
-                           dln_hh.data_ptr<T>() + sg.row, !first);
+        column_sums<T>(dAc + sg.col, sa, wsc + L.ws_xhat_h * H + sg.row, sw, rows, sg.width,
+                       dln_hh.data_ptr<T>() + sg.row, !first);
   };
 
   if (!overlap) {
