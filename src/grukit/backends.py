@@ -80,14 +80,17 @@ def resolve_backend(
 
 def layer_function(backend: str) -> LayerFunction:
     """The function that runs one layer-direction for a resolved backend name."""
-    if backend == "reference":
-        return reference_layer
+    fn = _LAYER_FUNCTIONS.get(backend)
+    if fn is not None:
+        return fn
     if backend == "scan":
-        from grukit.scan import mingru_scan_layer
+        from grukit.scan import mingru_scan_layer as fn
+    elif backend == "fused":
+        from grukit.fused import fused_layer as fn
+    else:
+        raise ValueError(f"unresolved backend {backend!r}")
+    _LAYER_FUNCTIONS[backend] = fn
+    return fn
 
-        return mingru_scan_layer
-    if backend == "fused":
-        from grukit.fused import fused_layer
 
-        return fused_layer
-    raise ValueError(f"unresolved backend {backend!r}")
+_LAYER_FUNCTIONS: dict[str, LayerFunction] = {"reference": reference_layer}

@@ -36,6 +36,7 @@ the same masks and stays bit-identical across thread counts. :func:`draw_masks` 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -60,7 +61,7 @@ class CellOptions:
     layer_norm: bool = False
     weight_drop: float = 0.0
 
-    @property
+    @functools.cached_property
     def any(self) -> bool:
         """True when some option is on (else every backend runs the plain cell)."""
         return any(getattr(self, f.name) for f in fields(self))

@@ -16,6 +16,7 @@ statistics that ``rnn_backward`` must get back unchanged, with the same masks an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -153,15 +154,31 @@ def kernel_spec(v: Variant) -> list[int]:
 
     Derived from :class:`grukit.variants.Variant`, the one definition of each variant.
     """
+    return list(_kernel_spec(v))
+
+
+_SPECS: dict[int, tuple[Variant, tuple[int, ...]]] = {}  # by id (hashing a Variant is slow)
+
+
+def _kernel_spec(v: Variant) -> tuple[int, ...]:
+    found = _SPECS.get(id(v))
+    if found is not None and found[0] is v:
+        return found[1]
     gate = v.gates[0]
     in_bias_hh = gate.bias and (gate.h or not gate.x)
-    return [
-        _CELL_KIND[(v.family, v.reset)],
-        len(v.gates),
-        int(gate.x),
-        int(gate.h),
-        int(in_bias_hh),
-    ]
+    spec = (_CELL_KIND[(v.family, v.reset)], len(v.gates), int(gate.x), int(gate.h),
+            int(in_bias_hh))  # fmt: skip
+    _SPECS[id(v)] = (v, spec)  # the Variant is kept alive, so its id is not reused
+    return spec
+
+
+@functools.lru_cache(maxsize=256)
+def _batch_sizes_tensor(batch_sizes: tuple[int, ...]) -> Tensor:
+    """The kernel's ``batch_sizes`` of a short step list (one step: a streaming call), cached."""
+    return torch.tensor(batch_sizes, dtype=torch.long)
+
+
+_NO_EXTRAS = CellExtras()
 
 
 def _contiguous(t: Tensor | None) -> Tensor | None:
@@ -257,15 +274,23 @@ def fused_layer(
 ) -> tuple[Tensor, Tensor]:
     """One layer-direction through the fused kernels; the contract of
     :func:`grukit.reference.reference_layer` (CPU, float32/float64)."""
-    bs = (
-        batch_sizes
-        if isinstance(batch_sizes, Tensor)
-        else torch.tensor(list(batch_sizes), dtype=torch.long)
-    )
-    e = extras if extras is not None else CellExtras()
+    if isinstance(batch_sizes, Tensor):
+        bs = batch_sizes
+    elif len(batch_sizes) <= 4:
+        bs = _batch_sizes_tensor(tuple(int(n) for n in batch_sizes))
+    else:
+        bs = torch.tensor(list(batch_sizes), dtype=torch.long)
+    e = extras if extras is not None else _NO_EXTRAS
     tensors = (data, h0, *w, e.ln_ih, e.ln_hh)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     masks = tuple(_contiguous(m) for m in (e.recurrent, e.candidate, e.zoneout))
+    if not save:  # inference: no graph, no workspace, no autograd.Function
+        out, h_n, _ = torch.ops.grukit.rnn_forward(
+            data.contiguous(), h0.contiguous(), w.weight_ih.contiguous(),
+            _contiguous(w.weight_hh), _contiguous(w.bias_ih), _contiguous(w.bias_hh), bs,
+            _kernel_spec(v), reverse, False, *masks, _contiguous(e.ln_ih), _contiguous(e.ln_hh),
+        )  # fmt: skip
+        return out, h_n
     return _FusedLayer.apply(
         data.contiguous(), h0.contiguous(), w.weight_ih.contiguous(), _contiguous(w.weight_hh),
         _contiguous(w.bias_ih), _contiguous(w.bias_hh), _contiguous(e.ln_ih),

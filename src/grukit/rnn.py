@@ -435,7 +435,7 @@ class GRU(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor | PackedSequence, Any]:
         owner = type(self).__name__
-        ref = next(self.parameters())
+        ref = getattr(self, self._weight_names[0][0])  # weight_ih_l0 (faster than parameters())
         D = 2 if self.bidirectional else 1
         if isinstance(input, PackedSequence):
             data, batch_sizes_t, sorted_indices, unsorted_indices = input
@@ -539,7 +539,7 @@ class GRU(nn.Module):
         """Layers and directions over packed rows: data ``(R, H_in)``, h0 ``(D*L, N, H)``."""
         variant = VARIANTS[self.variant]
         backend = resolve_backend(self.backend, variant, data.device, data.dtype)
-        self.last_backend = backend
+        self.__dict__["last_backend"] = backend  # (nn.Module.__setattr__ is slow per step)
         run = layer_function(backend)
         D = 2 if self.bidirectional else 1
         shape = (batch_sizes[0], data.shape[0], self.hidden_size)
@@ -722,7 +722,7 @@ class GRUCell(nn.Module):
                 )
         variant = VARIANTS[self.variant]
         backend = resolve_backend(self.backend, variant, x.device, x.dtype)
-        self.last_backend = backend
+        self.__dict__["last_backend"] = backend  # (nn.Module.__setattr__ is slow per step)
         N = x.shape[0]
         weights, extras = _layer_call(
             owner, self.cell_options, variant,
