@@ -24,6 +24,8 @@ import argparse
 import itertools
 import json
 import multiprocessing as mp
+import os
+import re
 import time
 from typing import Any
 
@@ -88,6 +90,10 @@ def grid(which: str, seeds: int = 2) -> list[tuple[str, dict[str, Any]]]:
             ("wn+zo", {"weight_noise": 0.075, "zoneout": 0.15}),
             ("wn+ln", {"weight_noise": 0.075, "layer_norm": True}),
             ("wn+zo+rd", {"weight_noise": 0.075, "zoneout": 0.15, "recurrent_dropout": 0.25}),
+            ("rd0.4", {"recurrent_dropout": 0.4}),
+            ("rd+cd", {"recurrent_dropout": 0.25, "candidate_dropout": 0.25}),
+            ("rd+wd", {"recurrent_dropout": 0.25, "weight_drop": 0.25}),
+            ("rd0.4+zo0.1", {"recurrent_dropout": 0.4, "zoneout": 0.1}),
         ]
         for (tag, extra), seed in itertools.product(settings, range(seeds)):
             items.append((f"cell_{tag}_s{seed}", dict(base, seed=seed, **extra)))
@@ -141,12 +147,22 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON lines (default GRID.jsonl)")
     parser.add_argument("--runs-dir", default="runs/search", help="folder for the run folders")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per setting (cell grids)")
+    parser.add_argument("--only", default=None, help="run only the names this regex matches")
+    parser.add_argument(
+        "--skip-done", action="store_true", help="skip the names already in --out (resume)"
+    )
     args = parser.parse_args()
     from grukit import fused
 
     fused.available()  # build the kernels once, before the workers start
     jobs = [(name, kw, args.data, args.runs_dir) for name, kw in grid(args.grid, args.seeds)]
     out = args.out or f"{args.grid}.jsonl"
+    if args.only:
+        jobs = [j for j in jobs if re.search(args.only, j[0])]
+    if args.skip_done and os.path.exists(out):
+        with open(out) as f:
+            done = {json.loads(line)["name"] for line in f if line.strip()}
+        jobs = [j for j in jobs if j[0] not in done]
     print(f"{len(jobs)} runs, {args.procs} at a time, into {out}", flush=True)
     with mp.get_context("spawn").Pool(args.procs) as pool, open(out, "a") as f:
         for result in pool.imap_unordered(run, jobs):
