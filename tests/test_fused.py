@@ -558,3 +558,33 @@ def test_pooled_workspaces_are_not_shared_between_live_graphs():
     for got, want, i in ((got0, expected[0], 0), (got1, expected[1], 1), (got2, expected[2], 2)):
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10, msg=f"graph {i}")
+
+
+def test_cache_key_covers_every_kernel_file(tmp_path):
+    import shutil
+
+    src = tmp_path / "csrc"
+    shutil.copytree(grukit.fused._CSRC, src)
+    assert {p.name for p in src.iterdir()} >= {"fused_rnn.cpp", "cells.h", "kernel_support.h"}
+    key = grukit.fused.source_key(src, "build")
+    for name in ("cells.h", "kernel_support.h", "fused_rnn.cpp"):
+        path = src / name
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n// changed\n")
+        assert grukit.fused.source_key(src, "build") != key, name
+        path.write_bytes(original)
+    assert grukit.fused.source_key(src, "build") == key
+    assert grukit.fused.source_key(src, "other build") != key
+
+
+@needs_fused
+def test_fused_kernel_draws_no_random_numbers():
+    m = grukit.GRU(3, 4, 2, bidirectional=True, recurrent_dropout=0.3, candidate_dropout=0.2,
+                   zoneout=0.2, layer_norm=True, weight_drop=0.1, backend="fused")  # fmt: skip
+    x = torch.randn(5, 2, 3)
+    masks = m.draw_masks(x, torch.Generator().manual_seed(0))
+    state = torch.get_rng_state()
+    out, hn = m(x, masks=masks)
+    (out.sum() + hn.sum()).backward()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert m.last_backend == "fused"

@@ -75,6 +75,17 @@ def _isa_flags() -> tuple[str, list[str]]:
     return "DEFAULT", ["-DCPU_CAPABILITY=DEFAULT"]
 
 
+def source_key(folder: Path, build: str) -> str:
+    """The kernel cache key: every file under ``folder`` (a header change rebuilds) and the
+    build's own description (torch version, ISA, flags)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(build.encode())
+    return digest.hexdigest()[:16]
+
+
 def _build() -> None:
     from torch.utils import cpp_extension
 
@@ -82,12 +93,7 @@ def _build() -> None:
     # -fopenmp: at::parallel_for is an OpenMP template, compiled into this extension; without
     # the flag its pragmas vanish and every "parallel" loop runs on one thread
     cflags = ["-O3", "-std=c++17", "-fopenmp", *flags]
-    digest = hashlib.sha256()
-    for path in sorted(_CSRC.iterdir()):  # every source and header: a header change rebuilds
-        if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update(f"{torch.__version__}|{isa}|{cflags}".encode())
-    key = digest.hexdigest()[:16]
+    key = source_key(_CSRC, f"{torch.__version__}|{isa}|{cflags}")
     name = f"grukit_fused_{key}"
     build_dir = cache_dir() / name
     build_dir.mkdir(parents=True, exist_ok=True)
