@@ -43,6 +43,7 @@ struct Layout {
   // the rows of dA, the pre-activation gradients (see dA_blocks in fused_rnn.cpp)
   int64_t da_base = 0;     // the blocks of the plain cell
   int64_t da_du = -1;      // layer_norm: gradients of the raw recurrent products (Kh blocks)
+  int64_t da_dyx = -1;     // layer_norm: dy * xhat of the recurrent blocks (Kh), for the gains
   int64_t da_width = 0;    // blocks per dA row
 
   int64_t x_n() const { return gate_x ? G * H : 0; }        // n's columns in weight_ih
@@ -111,7 +112,8 @@ Layout make_layout(at::IntArrayRef spec, int64_t H, bool recurrent_mask, bool la
   L.da_width = L.da_base;
   if (layer_norm && L.Kh > 0) {
     L.da_du = L.da_base;
-    L.da_width += L.Kh;
+    L.da_dyx = L.da_base + L.Kh;
+    L.da_width += 2 * L.Kh;
   }
   return L;
 }
@@ -469,16 +471,18 @@ void layer_norm_rows(T* u, int64_t ld, int64_t K, int64_t H, const T* gain, T* x
 }
 
 // Backward of layer_norm_row for one row: du = rstd (gain dy - mean(gain dy)
-// - xhat mean(gain dy xhat)), block by block; du may not alias dy.
+// - xhat mean(gain dy xhat)), block by block; du may not alias dy. dyx gets dy * xhat, the
+// row's share of the gains' gradient (summed over rows later, in a fixed order).
 template <typename T>
 void layer_norm_backward_row(const T* dy, const T* xhat, const T* rstd, const T* gain,
-                             int64_t K, int64_t H, T* du) {
+                             int64_t K, int64_t H, T* du, T* dyx) {
   constexpr int64_t Wd = Vec<T>::size();
   for (int64_t k = 0; k < K; ++k) {
     const T* d = dy + k * H;
     const T* x = xhat + k * H;
     const T* gk = gain + k * H;
     T* o = du + k * H;
+    T* p = dyx + k * H;
     Vec<T> s1(T(0)), s2(T(0));
     int64_t i = 0;
     for (; i + Wd <= H; i += Wd) {
@@ -497,10 +501,14 @@ void layer_norm_backward_row(const T* dy, const T* xhat, const T* rstd, const T*
     const T r = rstd[k];
     const Vec<T> rs(r), vm1(m1), vm2(m2);
     for (i = 0; i + Wd <= H; i += Wd) {
-      const Vec<T> dg = Vec<T>::loadu(d + i) * Vec<T>::loadu(gk + i);
-      (rs * (dg - vm1 - Vec<T>::loadu(x + i) * vm2)).store(o + i);
+      const Vec<T> dv = Vec<T>::loadu(d + i), xv = Vec<T>::loadu(x + i);
+      (rs * (dv * Vec<T>::loadu(gk + i) - vm1 - xv * vm2)).store(o + i);
+      (dv * xv).store(p + i);
     }
-    for (; i < H; ++i) o[i] = r * (d[i] * gk[i] - m1 - x[i] * m2);
+    for (; i < H; ++i) {
+      o[i] = r * (d[i] * gk[i] - m1 - x[i] * m2);
+      p[i] = d[i] * x[i];
+    }
   }
 }
 

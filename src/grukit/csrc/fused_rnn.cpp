@@ -282,8 +282,9 @@ struct Segment {
 //   otherwise:   [gates..., da_n]: the x-fed blocks are the last Gx, the h-fed gates the first
 //     K1, and the candidate GEMM's gradient is da_n;
 //   with layer_norm, Kh more blocks (from da_du) hold the gradients of the raw recurrent
-//     products U h~ (the first blocks hold those of the normalised ones, which the biases and
-//     gains take); the GEMMs read these.
+//     products U h~ (the first blocks hold those of the normalised ones, which the biases
+//     take); the GEMMs read these. Kh more (from da_dyx) hold dy * xhat, which the recurrent
+//     gains' gradient sums; the input side's go to a chunk buffer of their own.
 //
 // The recursion runs chunk by chunk in reverse order of the forward pass, and every chunk's
 // parameter and input gradients are formed from its dA while it is still in cache. When the
@@ -318,27 +319,23 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
   at::Tensor dA = at::empty({overlap ? 2 : 1, max_rows, sa}, x.options());
   at::Tensor drh = L.before() ? at::empty({N, H}, x.options()) : at::Tensor();
   at::Tensor dhd = L.recurrent_mask ? at::empty({N, H}, x.options()) : at::Tensor();
-  at::Tensor dux = L.layer_norm ? at::empty({max_rows, sx}, x.options()) : at::Tensor();
+  // layer_norm, input side: the raw products' gradients, and dy * xhat for the gains
+  at::Tensor dux = L.layer_norm ? at::empty({2, max_rows, sx}, x.options()) : at::Tensor();
   const T* wsp = ws.data_ptr<T>();
 
   // which dA columns feed which parameter rows
   const int64_t du0 = L.layer_norm && L.Kh > 0 ? L.da_du * H : 0;  // the recurrent GEMMs' columns
-  std::vector<Segment> x_seg, hprev_seg, rh_seg, bhh_seg, hln_seg;
+  std::vector<Segment> x_seg, hprev_seg, rh_seg, bhh_seg;
   if (L.cell == kGruResetAfter) {
     x_seg = {{0, 0, 2 * H}, {3 * H, 2 * H, H}};
     hprev_seg = {{du0, 0, 3 * H}};
     bhh_seg = {{0, 0, 3 * H}};
-    hln_seg = {{0, 0, 3 * H}};
   } else {
     x_seg = {{(L.G + 1 - L.Gx) * H, 0, L.Gx * H}};
-    if (L.K1 > 0) {
-      hprev_seg = {{du0, 0, L.K1 * H}};
-      hln_seg = {{0, 0, L.K1 * H}};
-    }
+    if (L.K1 > 0) hprev_seg = {{du0, 0, L.K1 * H}};
     if (L.before()) {
       rh_seg = {{L.layer_norm ? (L.da_du + L.K1) * H : L.G * H, L.K1 * H, H}};
       bhh_seg = {{L.gate_bias ? 0 : L.G * H, 0, (L.gate_bias ? L.G + 1 : 1) * H}};
-      hln_seg.push_back({L.G * H, L.K1 * H, H});
     }
   }
   const int64_t c_col = rh_seg.empty() ? 0 : rh_seg[0].col;  // the candidate GEMM's gradient
@@ -353,7 +350,7 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
       for (int64_t b = r0; b < r1; ++b)
         layer_norm_backward_row<T>(da + b * sa + col, w + b * sw + (L.ws_xhat_h + k0) * H,
                                    w + b * sw + L.W * H + L.Gx + k0, E.ln_hh + k0 * H, K, H,
-                                   da + b * sa + du_col);
+                                   da + b * sa + du_col, da + b * sa + (L.da_dyx + k0) * H);
     });
   };
 
@@ -435,6 +432,7 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
     if (L.layer_norm) {
       // the raw input products' gradients, block by block, into dux; the GEMMs read those
       T* du = dux.data_ptr<T>();
+      T* dyx = du + max_rows * sx;
       for_rows(rows, sx, [&](int64_t r0, int64_t r1) {
         for (int64_t b = r0; b < r1; ++b)
           for (const Segment& sg : x_seg)
@@ -443,7 +441,7 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
               layer_norm_backward_row<T>(dAc + b * sa + sg.col + k * H,
                                          wsc + b * sw + (L.ws_xhat_x + blk) * H,
                                          wsc + b * sw + L.W * H + blk, E.ln_ih + blk * H, 1, H,
-                                         du + b * sx + blk * H);
+                                         du + b * sx + blk * H, dyx + b * sx + blk * H);
             }
       });
       if (dx.defined())
@@ -451,6 +449,7 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
                 dx.data_ptr<T>() + c.r0 * I, I);
       if (dw_ih.defined())
         gemm<T>(true, false, sx, I, rows, du, sx, xc, I, T(first ? 0 : 1), dw_ih.data_ptr<T>(), I);
+      if (dln_ih.defined()) column_sums<T>(dyx, rows, sx, sx, dln_ih.data_ptr<T>(), !first);
     }
     for (size_t k = 0; k < x_seg.size(); ++k) {
       const Segment& sg = x_seg[k];
@@ -464,11 +463,7 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
                   dw_ih.data_ptr<T>() + sg.row * I, I);
       }
       if (db_ih.defined())
-        column_sums<T>(dAc + sg.col, sa, nullptr, 0, rows, sg.width, db_ih.data_ptr<T>() + sg.row,
-                       !first);
-      if (dln_ih.defined())
-        column_sums<T>(dAc + sg.col, sa, wsc + L.ws_xhat_x * H + sg.row, sw, rows, sg.width,
-                       dln_ih.data_ptr<T>() + sg.row, !first);
+        column_sums<T>(dAc + sg.col, rows, sg.width, sa, db_ih.data_ptr<T>() + sg.row, !first);
     }
     if (dw_hh.defined()) {
       for (const Segment& sg : hprev_seg)  // the matmuls' source: h_{t-1}, or h~_{t-1}
@@ -480,12 +475,9 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
     }
     if (db_hh.defined())
       for (const Segment& sg : bhh_seg)
-        column_sums<T>(dAc + sg.col, sa, nullptr, 0, rows, sg.width, db_hh.data_ptr<T>() + sg.row,
-                       !first);
-    if (dln_hh.defined())
-      for (const Segment& sg : hln_seg)
-        column_sums<T>(dAc + sg.col, sa, wsc + L.ws_xhat_h * H + sg.row, sw, rows, sg.width,
-                       dln_hh.data_ptr<T>() + sg.row, !first);
+        column_sums<T>(dAc + sg.col, rows, sg.width, sa, db_hh.data_ptr<T>() + sg.row, !first);
+    if (dln_hh.defined())  // the recurrent blocks' dy * xhat sit in ln_hh's order
+      column_sums<T>(dAc + L.da_dyx * H, rows, L.Kh * H, sa, dln_hh.data_ptr<T>(), !first);
   };
 
   if (!overlap) {

@@ -323,11 +323,9 @@ inline void for_lanes(int64_t H, const F& f) {
   if (j < H) f(j, H - j);
 }
 
-// out[c] (+)= sum over rows of A[r, c] (B null) or of A[r, c] * B[r, c] (the layer-norm
-// gains' gradient), rows ascending: a fixed order, whatever the threads.
+// out[c] (+)= sum over rows of A[r, c], rows ascending: a fixed order, whatever the threads.
 template <typename T>
-void column_sums(const T* A, int64_t lda, const T* B, int64_t ldb, int64_t R, int64_t C, T* out,
-                 bool accumulate) {
+void column_sums(const T* A, int64_t R, int64_t C, int64_t ld, T* out, bool accumulate) {
   PhaseTimer timer(kBiasSums);
   constexpr int64_t kCols = 64;
   const int64_t nb = (C + kCols - 1) / kCols;
@@ -337,13 +335,8 @@ void column_sums(const T* A, int64_t lda, const T* B, int64_t ldb, int64_t R, in
       T acc[kCols];
       for (int64_t c = c0; c < c1; ++c) acc[c - c0] = T(0);
       for (int64_t r = 0; r < R; ++r) {
-        const T* a = A + r * lda;
-        if (B == nullptr) {
-          for (int64_t c = c0; c < c1; ++c) acc[c - c0] += a[c];
-        } else {
-          const T* b = B + r * ldb;
-          for (int64_t c = c0; c < c1; ++c) acc[c - c0] += a[c] * b[c];
-        }
+        const T* row = A + r * ld;
+        for (int64_t c = c0; c < c1; ++c) acc[c - c0] += row[c];
       }
       for (int64_t c = c0; c < c1; ++c) out[c] = accumulate ? out[c] + acc[c - c0] : acc[c - c0];
     }
