@@ -14,7 +14,8 @@ Grids:
              ablation table; ``--seeds``, default 2);
   ``chung_cell`` the 20K-parameter GRU-46 under Chung et al.'s protocol (``chung2014``, weight
              noise included) with in-cell regularisers added (``--seeds``, default 2).
-Each finished run appends one JSON line (its settings and train/valid/test NLL) to ``--out``.
+Each finished run appends one JSON line (its settings and train/valid/test NLL) to ``--out``;
+``--report`` prints the table of a finished search (mean and range over seeds per setting).
 On 2 cores the small grid takes about 40 minutes; it parallelises across as many cores as given.
 """
 
@@ -140,10 +141,39 @@ def run(job: tuple[str, dict[str, Any], str, str]) -> dict[str, Any]:
         return {"name": name, **kw, "error": repr(exc)}
 
 
+def report(path: str) -> str:
+    """A markdown table of a search's finished runs: mean (and spread) over seeds per setting."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                if "error" not in r:
+                    rows.setdefault(r["name"].rsplit("_s", 1)[0], []).append(r)
+    out = ["| setting | seeds | parameters | train NLL | valid NLL | test NLL | best epoch |",
+           "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+
+    def cell(runs: list[dict[str, Any]], key: str) -> str:
+        values = [r[key] for r in runs]
+        mean = sum(values) / len(values)
+        if len(values) == 1:
+            return f"{mean:.2f}"
+        return f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    for name, runs in rows.items():
+        best = "/".join(str(r["best_epoch"]) for r in runs)
+        out.append(f"| {name} | {len(runs)} | {runs[0]['parameters']} | {cell(runs, 'train')} | "
+                   f"{cell(runs, 'valid')} | {cell(runs, 'test')} | {best} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--grid", required=True, choices=["small", "chung", "large", "cell", "chung_cell"]
+    )
+    parser.add_argument(
+        "--report", action="store_true", help="print the table of --out's finished runs and stop"
     )
     parser.add_argument("--data", default="jsb", help="jsb (downloads) or a local JSB file")
     parser.add_argument("--procs", type=int, default=2, help="runs at once, one thread each")
@@ -155,6 +185,9 @@ def main() -> None:
         "--skip-done", action="store_true", help="skip the names already in --out (resume)"
     )
     args = parser.parse_args()
+    if args.report:
+        print(report(args.out or f"{args.grid}.jsonl"))
+        return
     from grukit import fused
 
     fused.available()  # build the kernels once, before the workers start
