@@ -98,6 +98,10 @@ def grid(which: str, seeds: int = 2) -> list[tuple[str, dict[str, Any]]]:
             ("ln+rd0.4", {"layer_norm": True, "recurrent_dropout": 0.4}),
             ("ln+rd0.4+zo0.1", {"layer_norm": True, "recurrent_dropout": 0.4, "zoneout": 0.1}),
             ("rd0.4_long", {"recurrent_dropout": 0.4, "epochs": 400, "patience": 40}),
+            (
+                "rd0.4+wd_long",
+                {"recurrent_dropout": 0.4, "weight_drop": 0.25, "epochs": 400, "patience": 40},
+            ),
         ]
         for (tag, extra), seed in itertools.product(settings, range(seeds)):
             items.append((f"cell_{tag}_s{seed}", dict(base, seed=seed, **extra)))
