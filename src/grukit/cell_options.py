@@ -66,11 +66,6 @@ class CellOptions:
         """True when some option is on (else every backend runs the plain cell)."""
         return any(getattr(self, f.name) for f in fields(self))
 
-    @property
-    def needs_masks(self) -> bool:
-        return bool(self.recurrent_dropout or self.candidate_dropout or self.zoneout
-                    or self.weight_drop)  # fmt: skip
-
     def check(self, variant: str, owner: str = "grukit") -> CellOptions:
         """Validate against ``variant``; returns ``self``. Raises ValueError with the reason."""
         for name in ("recurrent_dropout", "candidate_dropout", "zoneout", "weight_drop"):
@@ -197,9 +192,19 @@ def draw_masks(
     return LayerMasks(rec, cand, zone, weight)
 
 
-def check_masks(owner: str, masks: LayerMasks, N: int, R: int, H: int, whh: Tensor | None,
-                like: Tensor, index: int) -> None:  # fmt: skip
-    """Shapes, dtype and device of user-given masks for layer-direction ``index``."""
+#: The option each mask belongs to.
+MASK_OPTIONS = {"recurrent": "recurrent_dropout", "candidate": "candidate_dropout",
+                "zoneout": "zoneout", "weight": "weight_drop"}  # fmt: skip
+
+
+def check_masks(owner: str, masks: object, options: CellOptions, N: int, R: int, H: int,
+                whh: Tensor | None, like: Tensor, index: int) -> None:  # fmt: skip
+    """User-given masks for layer-direction ``index``: a :class:`LayerMasks` holding masks only
+    for options that are on, of the right shapes, dtype and device."""
+    if not isinstance(masks, LayerMasks):
+        raise TypeError(
+            f"{owner}: masks[{index}] must be a grukit.LayerMasks, got {type(masks).__name__}"
+        )
     expected = {
         "recurrent": [(N, H)],
         "candidate": [(R, H)],
@@ -209,6 +214,12 @@ def check_masks(owner: str, masks: LayerMasks, N: int, R: int, H: int, whh: Tens
     for name, t in zip(LayerMasks._fields, masks, strict=True):
         if t is None:
             continue
+        option = MASK_OPTIONS[name]
+        if not getattr(options, option):
+            raise ValueError(
+                f"{owner}: masks[{index}].{name} was given but {option} is off; "
+                f"build the module with {option} > 0"
+            )
         if not isinstance(t, Tensor) or tuple(t.shape) not in expected[name]:
             got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
             want = " or ".join(str(s) for s in expected[name]) or "none (no weight_hh)"

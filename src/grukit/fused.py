@@ -214,16 +214,13 @@ class _FusedLayer(torch.autograd.Function):
         masks: tuple[Tensor | None, Tensor | None, Tensor | None],
         variant: Variant,
         reverse: bool,
-        save: bool,
     ) -> tuple[Tensor, Tensor]:
         out, h_n, ws = torch.ops.grukit.rnn_forward(
-            x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, kernel_spec(variant), reverse, save,
+            x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, _kernel_spec(variant), reverse, True,
             *masks, ln_ih, ln_hh,
         )  # fmt: skip
-        if save:
-            ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ws, batch_sizes)
-            ctx.masks = masks
-        ctx.variant, ctx.reverse = variant, reverse
+        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ws, batch_sizes)
+        ctx.masks, ctx.variant, ctx.reverse = masks, variant, reverse
         return out, h_n
 
     @staticmethod
@@ -239,14 +236,14 @@ class _FusedLayer(torch.autograd.Function):
         else:
             grads = torch.ops.grukit.rnn_backward(
                 grad_out.contiguous(), grad_hn.contiguous(), x, h0, w_ih, w_hh, b_ih, b_hh, ws,
-                batch_sizes, kernel_spec(ctx.variant), ctx.reverse, needs, *ctx.masks, ln_ih,
+                batch_sizes, _kernel_spec(ctx.variant), ctx.reverse, needs, *ctx.masks, ln_ih,
                 ln_hh,
             )  # fmt: skip
         out = [
             g if n and g is not None and g.numel() > 0 else None
             for g, n in zip(grads, needs, strict=True)
         ]
-        return (*out, None, None, None, None, None)
+        return (*out, None, None, None, None)
 
 
 def _reference_backward(ctx: Any, grad_out: Tensor, grad_hn: Tensor, needs: list[int]) -> list:
@@ -287,21 +284,16 @@ def fused_layer(
     else:
         bs = torch.tensor(list(batch_sizes), dtype=torch.long)
     e = extras if extras is not None else _NO_EXTRAS
-    tensors = (data, h0, *w, e.ln_ih, e.ln_hh)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    # x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh: the kernel reads contiguous tensors
+    tensors = [_contiguous(t) for t in (data, h0, *w, e.ln_ih, e.ln_hh)]
     masks = tuple(_contiguous(m) for m in (e.recurrent, e.candidate, e.zoneout))
-    if not save:  # inference: no graph, no workspace, no autograd.Function
-        out, h_n, _ = torch.ops.grukit.rnn_forward(
-            data.contiguous(), h0.contiguous(), w.weight_ih.contiguous(),
-            _contiguous(w.weight_hh), _contiguous(w.bias_ih), _contiguous(w.bias_hh), bs,
-            _kernel_spec(v), reverse, False, *masks, _contiguous(e.ln_ih), _contiguous(e.ln_hh),
-        )  # fmt: skip
-        return out, h_n
-    return _FusedLayer.apply(
-        data.contiguous(), h0.contiguous(), w.weight_ih.contiguous(), _contiguous(w.weight_hh),
-        _contiguous(w.bias_ih), _contiguous(w.bias_hh), _contiguous(e.ln_ih),
-        _contiguous(e.ln_hh), bs, masks, v, reverse, save,
-    )  # fmt: skip
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _FusedLayer.apply(*tensors, bs, masks, v, reverse)
+    # inference: no graph, no workspace, no autograd.Function
+    out, h_n, _ = torch.ops.grukit.rnn_forward(
+        *tensors[:6], bs, _kernel_spec(v), reverse, False, *masks, *tensors[6:]
+    )
+    return out, h_n
 
 
 def profile(fn: Any) -> dict[str, float]:

@@ -121,19 +121,13 @@ def cell_step(
     e = extras if extras is not None else CellExtras()
     hd = h if e.recurrent is None else h * e.recurrent  # the state the recurrent matmuls read
     if v.family == "mingru":
-        z = torch.sigmoid(gx[:, :H])
+        z = torch.sigmoid(gx[:, :H])  # the written share
         n = g(gx[:, H:])
-        if e.candidate is not None:
-            n = n * e.candidate
-        h_new = h + z * (n - h)  # (1 - z) h + z n
     elif v.reset == "after":  # gru: the torch.nn.GRU cell
         gh = _recurrent_term(hd, weight_hh, bias_hh, e.ln_hh, H)
         rz = torch.sigmoid(gx[:, : 2 * H] + gh[:, : 2 * H])
         r, z = rz[:, :H], rz[:, H:]
         n = torch.tanh(gx[:, 2 * H :] + r * gh[:, 2 * H :])
-        if e.candidate is not None:
-            n = n * e.candidate
-        h_new = n + z * (h - n)  # (1 - z) n + z h
     else:
         gates = torch.sigmoid(_gate_preactivation(v, gx, hd, weight_hh, bias_hh, e.ln_hh))
         r = gates[:, :H]  # the reset gate: r (GRU family) or the forget gate f (MGU family)
@@ -141,13 +135,11 @@ def cell_step(
         b_n = None if bias_hh is None else bias_hh[-H:]
         gain = None if e.ln_hh is None else e.ln_hh[-H:]
         n = torch.tanh(gx[:, -H:] + _recurrent_term(r * hd, weight_hh[-H:], b_n, gain, H))
-        if e.candidate is not None:
-            n = n * e.candidate
-        if v.family == "mgu":
-            h_new = h + r * (n - h)  # (1 - f) h + f n
-        else:
-            z = gates[:, H:]
-            h_new = n + z * (h - n)  # (1 - z) n + z h
+        z = r if v.family == "mgu" else gates[:, H:]  # MGU: f writes; GRU: z keeps
+    if e.candidate is not None:
+        n = n * e.candidate  # candidate dropout: the update writes m n
+    # gru: (1 - z) n + z h (z keeps); minGRU: (1 - z) h + z n, MGU: (1 - f) h + f n (they write)
+    h_new = n + z * (h - n) if v.family == "gru" else h + z * (n - h)
     if e.zoneout is None:
         return h_new
     return h_new + e.zoneout * (h - h_new)  # zoneout: m h + (1 - m) h_new

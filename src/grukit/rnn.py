@@ -81,10 +81,6 @@ def _reset_uniform(module: nn.Module, hidden_size: int) -> None:
             nn.init.uniform_(weight, -stdv, stdv)
 
 
-def _cell_options(owner: str, variant: str, **values: Any) -> CellOptions:
-    return CellOptions(**values).check(variant, owner)
-
-
 def _layer_call(
     owner: str,
     options: CellOptions,
@@ -108,24 +104,38 @@ def _layer_call(
     if masks is None:
         masks = draw_masks(options, v, N, R, H, w.weight_ih, training, generator)
     else:
-        if not isinstance(masks, LayerMasks):
-            raise TypeError(
-                f"{owner}: masks[{index}] must be a grukit.LayerMasks, got {type(masks).__name__}"
-            )
-        check_masks(owner, masks, N, R, H, w.weight_hh, w.weight_ih, index)
-        option = {"recurrent": "recurrent_dropout", "candidate": "candidate_dropout",
-                  "zoneout": "zoneout", "weight": "weight_drop"}  # fmt: skip
-        for field, t in zip(LayerMasks._fields, masks, strict=True):
-            if t is not None and not getattr(options, option[field]):
-                raise ValueError(
-                    f"{owner}: masks[{index}].{field} was given but {option[field]} is off; "
-                    f"build the module with {option[field]} > 0"
-                )
+        check_masks(owner, masks, options, N, R, H, w.weight_hh, w.weight_ih, index)
     if masks.weight is not None:
         assert w.weight_hh is not None
         w = w._replace(weight_hh=w.weight_hh * masks.weight)
     extras = CellExtras(masks.recurrent, masks.candidate, masks.zoneout, *gains)
     return w, (None if extras.empty else extras)
+
+
+class _InCellOptions:
+    """The in-cell options as read-only attributes (``module.zoneout``), from ``cell_options``."""
+
+    cell_options: CellOptions
+
+    @property
+    def recurrent_dropout(self) -> float:
+        return self.cell_options.recurrent_dropout
+
+    @property
+    def candidate_dropout(self) -> float:
+        return self.cell_options.candidate_dropout
+
+    @property
+    def zoneout(self) -> float:
+        return self.cell_options.zoneout
+
+    @property
+    def layer_norm(self) -> bool:
+        return self.cell_options.layer_norm
+
+    @property
+    def weight_drop(self) -> float:
+        return self.cell_options.weight_drop
 
 
 def _options_repr(options: CellOptions) -> str:
@@ -194,7 +204,7 @@ def _check_features(owner: str, x: Tensor, input_size: int) -> None:
     )
 
 
-class GRU(nn.Module):
+class GRU(_InCellOptions, nn.Module):
     r"""A multi-layer gated recurrent network of any grukit variant; a drop-in for ``torch.nn.GRU``.
 
     With the default ``variant="gru"`` each layer computes, for every time step ``t``
@@ -267,13 +277,9 @@ class GRU(nn.Module):
         owner = type(self).__name__
         self.variant = check_variant_name(variant, owner=owner)
         self.backend = check_backend(backend, variant, owner)
-        self.cell_options = _cell_options(
-            owner, variant, recurrent_dropout=recurrent_dropout,
-            candidate_dropout=candidate_dropout, zoneout=zoneout, layer_norm=layer_norm,
-            weight_drop=weight_drop,
-        )  # fmt: skip
-        self.recurrent_dropout, self.candidate_dropout = recurrent_dropout, candidate_dropout
-        self.zoneout, self.layer_norm, self.weight_drop = zoneout, layer_norm, weight_drop
+        self.cell_options = CellOptions(
+            recurrent_dropout, candidate_dropout, zoneout, layer_norm, weight_drop
+        ).check(variant, owner)
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
@@ -601,7 +607,7 @@ class GRU(nn.Module):
         return out.squeeze(1 if self.batch_first and input.dim() == 2 else 0), state
 
 
-class GRUCell(nn.Module):
+class GRUCell(_InCellOptions, nn.Module):
     r"""One step of any grukit variant; a drop-in for ``torch.nn.GRUCell``.
 
     With ``variant="gru"`` it is ``torch.nn.GRUCell`` (same parameters, names, results)::
@@ -637,11 +643,9 @@ class GRUCell(nn.Module):
         weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
-        self.cell_options = _cell_options(
-            type(self).__name__, variant, recurrent_dropout=recurrent_dropout,
-            candidate_dropout=candidate_dropout, zoneout=zoneout, layer_norm=layer_norm,
-            weight_drop=weight_drop,
-        )  # fmt: skip
+        self.cell_options = CellOptions(
+            recurrent_dropout, candidate_dropout, zoneout, layer_norm, weight_drop
+        ).check(variant, type(self).__name__)
         # one layer, one direction: the parameters of a GRU without the "_l0" suffix
         inner = GRU(input_size, hidden_size, 1, bias, device=device, dtype=dtype,
                     variant=variant, backend=backend, layer_norm=layer_norm)  # fmt: skip
