@@ -140,8 +140,8 @@ def bernoulli_mask(
     """A ``{0, 1}`` tensor of ``like``'s dtype and device, 1 with probability ``keep``.
 
     Four 16-bit uniforms come from every 64-bit word the generator draws (its draws are the
-    cost of a mask: ``bernoulli_`` spends one per element, three times slower at the sizes of a
-    training step), so ``keep`` is resolved to ``2**-16``.
+    cost of a mask, and ``bernoulli_`` spends one per element), so ``keep`` is resolved to
+    ``2**-16``.
     """
     n = 1
     for d in shape:
