@@ -325,10 +325,32 @@ def test_compare_json_with_an_extra_variant(tiny_pickle: Path, tmp_path: Path, c
     assert report["paper"] is None, "a synthetic file was matched to a benchmark"
 
 
+def test_compare_only_trains_the_named_models_sized_as_in_the_whole_comparison(
+    tiny_pickle: Path, tmp_path: Path, capsys
+) -> None:
+    status, out, err = call(
+        capsys, "compare", "--data", tiny_pickle, "--epochs", 1, "--json", "--no-progress",
+        "--out", tmp_path / "runs", "--variants", "mgu", "--only", "mgu,lstm", "--lrs", "0.01",
+    )  # fmt: skip
+    assert status == 0, err
+    report = json.loads(out)
+    assert [m["variant"] for m in report["models"]] == ["lstm", "mgu"]
+    assert report["models"][0]["model"] == "lstm-36"
+    # the mgu is sized to the gru-46 that this process did not train
+    assert 0.95 <= report["models"][1]["parameters"] / 22904 <= 1.05
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "lstm-36-lr0.01", report["models"][1]["model"] + "-lr0.01"
+    ]
+
+
 @pytest.mark.parametrize(
     ("flags", "words"),
-    [(["--variants", "gru9"], ["gru9"]), (["--lrs", "fast"], ["--lrs", "fast"])],
-    ids=["variant", "lrs"],
+    [
+        (["--variants", "gru9"], ["gru9"]),
+        (["--lrs", "fast"], ["--lrs", "fast"]),
+        (["--only", "mgu"], ["--only", "mgu", "gru"]),
+    ],
+    ids=["variant", "lrs", "only"],
 )
 def test_compare_refuses_bad_arguments(
     tiny_pickle: Path, tmp_path: Path, capsys, flags: list[str], words: list[str]

@@ -181,6 +181,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         overrides=overrides,
         models=parse_models(args.variants) if args.variants else None,
         lrs=lrs,
+        only=[v.strip() for v in args.only.split(",") if v.strip()] or None,
         seeds=args.seeds,
         out=args.out,
         log=log,
@@ -207,6 +208,11 @@ def _compare_parser(sub: Any) -> None:
     p.add_argument(
         "--variants", default="",
         help="comma-separated VARIANT or VARIANT:UNITS (default: the task's own list)",
+    )  # fmt: skip
+    p.add_argument(
+        "--only", default="", metavar="VARIANTS",
+        help="train only these variants of the comparison (sized as in the whole one), to "
+        "split one comparison over processes",
     )  # fmt: skip
     p.add_argument(
         "--lrs", default=None,

@@ -93,11 +93,15 @@ def compare(
     overrides: Mapping[str, Any] | None = None,
     models: Sequence[tuple[str, int | None]] | None = None,
     lrs: Sequence[float] | None = None,
+    only: Sequence[str] | None = None,
     seeds: int = 1,
     out: str | os.PathLike[str] = "runs/compare",
     log: Callable[[str], object] = print,
 ) -> dict[str, Any]:
     """Train the task's comparison models plus ``models``; see the module docstring.
+
+    ``only`` (variant names) trains just those of the list, sized as in the whole comparison,
+    so that one comparison can run as several processes.
 
     Returns ``{"task", "data", "monitor", "mode", "paper", "paper_checked", "models": [row]}``;
     each row has ``model``, ``variant``, ``hidden_size``, ``parameters``, ``lr``, ``seeds``,
@@ -118,6 +122,14 @@ def compare(
             wanted.append((variant, units))
     if not wanted:
         raise ConfigError(f"task {task.name!r} has no default models: pass --variants")
+    if only:  # one comparison split over processes: each trains some models, sized as in all
+        listed = [v for v, _ in wanted]
+        unknown = [v for v in only if v not in listed]
+        if unknown:
+            raise ConfigError(
+                f"--only {','.join(unknown)}: not in this comparison (its models: "
+                f"{', '.join(listed)})"
+            )
     for variant, _ in wanted:  # [cell] options a variant cannot run: refused before training
         base.replace(**{"model.variant": variant})
     reference = next(((v, u) for v, u in wanted if v == "gru"), wanted[0])
@@ -131,6 +143,8 @@ def compare(
     paper = task.paper_results()
     rows = []
     for variant, units in wanted:
+        if only and variant not in only:
+            continue
         hidden = units or matched_hidden_size(task, base.model, variant, target, base.cell)
         by_lr: dict[float, list[dict[str, Any]]] = {}
         for lr in lrs or (base.optim.lr,):
