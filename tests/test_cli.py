@@ -339,7 +339,8 @@ def test_compare_only_trains_the_named_models_sized_as_in_the_whole_comparison(
     # the mgu is sized to the gru-46 that this process did not train
     assert 0.95 <= report["models"][1]["parameters"] / 22904 <= 1.05
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
-        "lstm-36-lr0.01", report["models"][1]["model"] + "-lr0.01"
+        "lstm-36-lr0.01",
+        report["models"][1]["model"] + "-lr0.01",
     ]
 
 
