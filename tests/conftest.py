@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny synthetic polyphonic data sets in the Boulanger-Lewandowski format."""
+"""Shared fixtures: tiny synthetic polyphonic data sets in the Boulanger-Lewandowski format,
+and one that pins the fused kernels to every thread torch allows."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 # A repeating progression in a small pitch range: the next chord follows from the current one,
 # so even a tiny recurrent model can learn more than the keys' base rates.
@@ -59,3 +61,20 @@ def make_bl_pickle() -> Callable[..., Path]:
 def tiny_pickle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12/4/4 sequences of 6-20 frames, 1-4 notes per frame (MIDI 48-74), seed 0."""
     return write_bl_pickle(tmp_path_factory.mktemp("data") / "tiny.pickle")
+
+
+@pytest.fixture
+def restore_threads():
+    """Restores torch's thread count afterwards, and meanwhile has the fused kernels use every
+    thread torch allows (thread policy "all"), so that a test that sets 2 threads runs the
+    kernels' 2-thread paths rather than whatever the adaptive policy would pick."""
+    import grukit.fused
+
+    n = torch.get_num_threads()
+    fused = grukit.fused.available()
+    if fused:
+        grukit.fused.set_thread_policy("all")
+    yield
+    torch.set_num_threads(n)
+    if fused:
+        grukit.fused.set_thread_policy("adaptive")

@@ -1006,13 +1006,6 @@ def test_masks_are_not_silently_ignored_by_baselines(variant):
 # -- 11. fused: bit-identical across thread counts -------------------------------------------------
 
 
-@pytest.fixture
-def restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 # the kernel's three ways of using threads, by shape (N, T, H_in, H; see tests/test_fused.py):
 # the path depends on N and H (split: N*H > 8192; blocks: 32 or more rows), so T is shorter here
 # (overlap needs two chunks, and a serial backward makes at least four when the rows allow)

@@ -281,13 +281,6 @@ def test_gradcheck_fused(name, bidir, packed):
 # -- determinism across thread counts -----------------------------------------------------------
 
 
-@pytest.fixture
-def restore_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 # The kernel's three ways of using threads, by shape (see fused_rnn.cpp):
 #   "split":    a step is big enough to split its GEMMs and element-wise passes (N*H > 8192);
 #   "blocks":   small steps, 32 or more rows: two fixed row blocks run the recurrence apart;

@@ -63,10 +63,18 @@ class Candidate:
     forward: Callable[[], object]
     train: Callable[[], object]
     times: dict[str, list[float]] = field(default_factory=lambda: {"forward": [], "train": []})
+    #: untimed calls first: the fused kernels learn per kind of call whether a second thread
+    #: pays (grukit.fused.set_thread_policy), which takes a few calls
+    warmup: int = 1
+
+
+#: warm-up calls of a fused candidate: enough for the thread choice to settle
+FUSED_WARMUP = 8
 
 
 def _module_candidate(name: str, module: nn.Module, x: torch.Tensor, **call: object) -> Candidate:
     params = list(module.parameters())
+    fused_module = getattr(module, "backend", None) in ("fused", "auto")
 
     def forward() -> object:
         with torch.no_grad():
@@ -79,7 +87,7 @@ def _module_candidate(name: str, module: nn.Module, x: torch.Tensor, **call: obj
         out.sum().backward()
         return out
 
-    return Candidate(name, forward, train)
+    return Candidate(name, forward, train, warmup=FUSED_WARMUP if fused_module else 1)
 
 
 def _floor_candidate(shape: Shape, generator: torch.Generator) -> Candidate:
@@ -103,16 +111,25 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _measure(candidates: Sequence[Candidate], rounds: int, budget_s: float) -> None:
-    """Interleaved rounds: every candidate once per round, in turn; one warm-up round first."""
+def _measure(
+    candidates: Sequence[Candidate],
+    rounds: int,
+    budget_s: float,
+    hook: Callable[[], object] | None = None,
+) -> None:
+    """Interleaved rounds: every candidate once per round, in turn, after its warm-up calls.
+    ``hook`` (untimed) runs before every timed call."""
     for c in candidates:
-        c.forward()
-        c.train()
+        for _ in range(c.warmup):
+            c.forward()
+            c.train()
     started = time.perf_counter()
     for r in range(rounds):
         for c in candidates:
-            c.times["forward"].append(_timed(c.forward))
-            c.times["train"].append(_timed(c.train))
+            for mode, fn in (("forward", c.forward), ("train", c.train)):
+                if hook is not None:
+                    hook()
+                c.times[mode].append(_timed(fn))
         if r >= 2 and time.perf_counter() - started > budget_s:
             break
 
@@ -293,6 +310,145 @@ def format_options_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+#: What ``--contend`` times: the fused ``gru`` (at the thread count the process has and at one
+#: thread, the speed it must never fall below) beside torch.nn.LSTM.
+CONTEND_NAMES = ("fused gru", "fused gru, 1 thread", "torch.nn.LSTM")
+
+
+def _one_thread(c: Candidate) -> Candidate:
+    def pinned(fn: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return fn()
+            finally:
+                torch.set_num_threads(threads)
+
+        return call
+
+    return Candidate(f"{c.name}, 1 thread", pinned(c.forward), pinned(c.train), warmup=c.warmup)
+
+
+class _BusyProcesses:
+    """``n`` processes that each keep one core busy (a Python loop) while the block runs."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.procs = n, []
+
+    def __enter__(self) -> _BusyProcesses:
+        import subprocess
+        import sys
+
+        code = "while True: pass"
+        self.procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(self.n)]
+        time.sleep(0.3)  # let them start spinning
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+
+
+def _onnxruntime_load() -> Callable[[], object]:
+    """A call that runs onnxruntime (its own intra-op thread pool, default settings) on a small
+    MatMul graph: what a process that serves an ONNX model between training steps does."""
+    try:
+        import numpy as np
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError as e:
+        raise RuntimeError(f"--contend-onnxruntime needs onnx and onnxruntime: {e}") from None
+    w = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "load",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 256])],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.ones((64, 256), dtype=np.float32)
+    return lambda: session.run(None, {"x": x})
+
+
+def run_contention_benchmark(
+    shapes: Sequence[Shape],
+    *,
+    busy: int = 1,
+    onnxruntime: bool = False,
+    rounds: int = 15,
+    budget_s: float = 20.0,
+    seed: int = 0,
+    log: Callable[[str], object] = print,
+) -> dict:
+    """Each shape timed on the quiet machine, then beside ``busy`` processes that each keep a
+    core busy (and, with ``onnxruntime``, with onnxruntime run in this process before every
+    timed call); the report gives both medians and the slowdown of each candidate."""
+    if not fused.available():
+        raise RuntimeError(f"the fused kernels are unavailable: {fused.unavailable_reason()}")
+    between = _onnxruntime_load() if onnxruntime else None
+    loads = {f"beside {busy} busy process{'es' if busy != 1 else ''}": (busy, None)}
+    if between is not None:
+        loads["onnxruntime in the process"] = (0, between)
+    report: dict = {"machine": _machine(), "loads": list(loads), "shapes": {}}
+    for shape in shapes:
+        log(f"timing {shape} on the quiet machine and under load ...")
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand(shape.steps, shape.batch, shape.input, generator=g) - 0.5
+        fused_gru = _module_candidate("fused gru", grukit.GRU(shape.input, shape.hidden), x)
+        lstm = _module_candidate("torch.nn.LSTM", nn.LSTM(shape.input, shape.hidden), x)
+
+        def timed(hook: Callable[[], object] | None, cands: list[Candidate]) -> dict:
+            for c in cands:
+                c.times = {"forward": [], "train": []}
+            _measure(cands, rounds, budget_s, hook=hook)
+            return {c.name: {k: statistics.median(v) for k, v in c.times.items()} for c in cands}
+
+        cands = [fused_gru, _one_thread(fused_gru), lstm]
+        entry: dict = {"shape": vars(shape), "quiet_s": timed(None, cands), "loaded_s": {}}
+        for label, (n, hook) in loads.items():
+            with _BusyProcesses(n):
+                entry["loaded_s"][label] = timed(hook, cands)
+        entry["slowdown"] = {
+            label: {
+                name: {m: t[name][m] / entry["quiet_s"][name][m] for m in ("forward", "train")}
+                for name in CONTEND_NAMES
+            }
+            for label, t in entry["loaded_s"].items()
+        }
+        report["shapes"][shape.name] = entry
+    return report
+
+
+def format_contention_report(report: dict) -> str:
+    shapes = list(report["shapes"])
+    m = report["machine"]
+    lines = [f"{m['processor']}, threads: {m['threads']}, torch {m['torch']}", ""]
+    for label in report["loads"]:
+        for mode, title in (("train", "training step"), ("forward", "forward without grad")):
+            lines += [
+                f"### {title} {label}: loaded / quiet time (quiet ms in brackets)",
+                "",
+                "| candidate | " + " | ".join(shapes) + " |",
+                "|---|" + "---|" * len(shapes),
+            ]
+            for name in CONTEND_NAMES:
+                cells = [
+                    f"{report['shapes'][s]['slowdown'][label][name][mode]:.2f}x "
+                    f"({report['shapes'][s]['quiet_s'][name][mode] * 1e3:.2f})"
+                    for s in shapes
+                ]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
 def _machine() -> dict:
     return {
         "platform": platform.platform(),
@@ -389,6 +545,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="time the in-cell options (recurrent dropout, zoneout, layer norm, ...) instead",
     )
+    parser.add_argument(
+        "--contend",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time fused gru and torch.nn.LSTM on the quiet machine and beside N busy processes "
+        "instead, and report each one's slowdown",
+    )
+    parser.add_argument(
+        "--contend-onnxruntime",
+        action="store_true",
+        help="with --contend: also time them with onnxruntime running in this process between "
+        "the calls (needs onnx and onnxruntime)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -405,7 +575,15 @@ def run(args: argparse.Namespace) -> int:
     bad = [v for v in variants if v not in grukit.VARIANTS]
     if bad:
         raise ConfigError(f"unknown variant(s) {bad}; valid: {', '.join(grukit.VARIANTS)}")
-    if args.options:
+    if args.contend is not None:
+        if args.contend < 0:
+            raise ConfigError(f"--contend takes a count of busy processes >= 0, got {args.contend}")
+        report = run_contention_benchmark(
+            [SHAPES[s] for s in names], busy=args.contend, onnxruntime=args.contend_onnxruntime,
+            rounds=args.rounds, budget_s=args.budget,
+        )  # fmt: skip
+        print(format_contention_report(report))
+    elif args.options:
         report = run_options_benchmark(
             [SHAPES[s] for s in names], rounds=args.rounds, budget_s=args.budget
         )

@@ -33,7 +33,10 @@ from grukit.cell_options import CellExtras
 from grukit.reference import LayerWeights, reference_layer
 from grukit.variants import Variant
 
-__all__ = ["available", "unavailable_reason", "fused_layer", "kernel_spec", "call_count"]
+__all__ = [
+    "available", "unavailable_reason", "fused_layer", "kernel_spec", "call_count", "info",
+    "set_thread_policy",
+]  # fmt: skip
 
 _CSRC = Path(__file__).parent / "csrc"
 _SOURCE = _CSRC / "fused_rnn.cpp"  # the one translation unit; it includes the headers beside it
@@ -298,8 +301,7 @@ def fused_layer(
 
 def profile(fn: Any) -> dict[str, float]:
     """Seconds per kernel phase while ``fn()`` runs (forward, backward, GEMMs, element-wise)."""
-    if not available():
-        raise RuntimeError(f"the fused kernels are unavailable: {unavailable_reason()}")
+    _require()
     torch.ops.grukit.set_profiling(True)
     try:
         fn()
@@ -313,3 +315,45 @@ def gemm_floor(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, hs: Tensor, dA:
                backward: bool) -> None:  # fmt: skip
     """Run only the matrix products of a ``gru`` layer through ``at::mm`` (benchmark floor)."""
     torch.ops.grukit.gemm_floor(x, h, w_ih, w_hh, hs, dA, backward)
+
+
+#: How each kernel call picks its thread count (``set_thread_policy``).
+THREAD_POLICIES = ("adaptive", "all", "one")
+
+
+def set_thread_policy(policy: str) -> None:
+    """How each kernel call picks its thread count. ``"adaptive"`` (the default): one thread or
+    all of torch's (``torch.get_num_threads()``), whichever has lately been faster for calls of
+    that op and shape, so that beside busy processes the kernels fall back to one thread
+    instead of stalling on a descheduled one; ``"all"``: always torch's count; ``"one"``:
+    always one. Results are bit-identical under every policy. Resets what was learnt."""
+    if policy not in THREAD_POLICIES:
+        raise ValueError(f"thread policy must be one of {THREAD_POLICIES}, got {policy!r}")
+    _require()
+    torch.ops.grukit.set_thread_policy(THREAD_POLICIES.index(policy))
+
+
+def info() -> dict[str, Any]:
+    """What the kernels run on: the GEMM path, the thread policy and, under the adaptive policy,
+    how many calls ran on one thread and on all since the policy was last set, and per kind of
+    call (op and shape) the mean times it has learnt for both."""
+    _require()
+    one, every = torch.ops.grukit.thread_choices()
+    learnt = torch.ops.grukit.thread_kinds()
+    kinds = [
+        {"one_thread_ms": a * 1e-6, "all_threads_ms": b * 1e-6, "calls": int(c)}
+        for a, b, c in zip(learnt[0::3], learnt[1::3], learnt[2::3], strict=True)
+    ]
+    return {
+        "gemm": "BLAS called directly" if torch.ops.grukit.uses_blas() else "at::mm fallback",
+        "threads": torch.get_num_threads(),
+        "thread_policy": THREAD_POLICIES[int(torch.ops.grukit.thread_policy())],
+        "calls_on_one_thread": int(one),
+        "calls_on_all_threads": int(every),
+        "kinds": kinds,
+    }
+
+
+def _require() -> None:
+    if not available():
+        raise RuntimeError(f"the fused kernels are unavailable: {unavailable_reason()}")

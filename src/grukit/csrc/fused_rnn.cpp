@@ -490,12 +490,9 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
 #ifdef _OPENMP
   // thread 0: the recursion; thread 1: the gradients of finished chunks. Chunk ci uses dA
   // buffer ci % 2, which thread 0 may refill only after thread 1 is done with chunk ci - 2.
-  std::atomic<int64_t> recursed{0}, consumed{0};
+  Progress recursed, consumed;
   std::atomic<bool> failed{false};
   std::exception_ptr error;
-  auto wait_until = [&](const std::atomic<int64_t>& counter, int64_t value) {
-    while (counter.load(std::memory_order_acquire) < value && !failed.load()) std::this_thread::yield();
-  };
 #pragma omp parallel num_threads(2)
   {
     SingleThreadedBlas blas_guard;
@@ -504,19 +501,21 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
       for (int64_t ci = 0; ci < nchunks && !failed.load(); ++ci) {
         T* buffer = dA.data_ptr<T>() + (ci % 2) * max_rows * sa;
         if (role == 0) {
-          wait_until(consumed, ci - 1);
+          if (!consumed.wait_for(ci - 1)) break;
           recurse(chunk_at(ci), buffer);
-          recursed.store(ci + 1, std::memory_order_release);
+          recursed.publish(ci + 1);
         } else {
-          wait_until(recursed, ci + 1);
+          if (!recursed.wait_for(ci + 1)) break;
           chunk_grads(chunk_at(ci), buffer, ci == 0);
-          consumed.store(ci + 1, std::memory_order_release);
+          consumed.publish(ci + 1);
         }
       }
     } catch (...) {
 #pragma omp critical
       if (!error) error = std::current_exception();
       failed.store(true);
+      recursed.abort();
+      consumed.abort();
     }
   }
   if (error) std::rethrow_exception(error);
@@ -589,6 +588,16 @@ Extras<T> make_extras(int64_t H, const c10::optional<at::Tensor>& recurrent,
 
 // ------------------------------------------------------------------------------ ops
 
+uint64_t call_kind(int op, bool save, const at::Tensor& x, const Layout& L, const Steps& S,
+                   at::IntArrayRef spec, const c10::optional<at::Tensor>& recurrent,
+                   const c10::optional<at::Tensor>& candidate,
+                   const c10::optional<at::Tensor>& zoneout, const c10::optional<at::Tensor>& ln) {
+  return kind_key({op, save, int64_t(x.scalar_type()), L.H, x.size(1), size_bucket(S.N),
+                   size_bucket(S.R), present(recurrent), present(candidate), present(zoneout),
+                   present(ln)},
+                  spec);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
     const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
     const c10::optional<at::Tensor>& w_hh, const c10::optional<at::Tensor>& b_ih,
@@ -600,6 +609,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
   const Layout L = make_layout(spec, h0.size(1), present(recurrent), present(ln_ih));
   check_inputs(x, h0, w_ih, w_hh, b_ih, b_hh, L, S, recurrent, candidate, zoneout, ln_ih, ln_hh);
   g_calls.fetch_add(1);
+  TunedThreads threads(call_kind(0, save, x, L, S, spec, recurrent, candidate, zoneout, ln_ih));
   SingleThreadedBlas blas_guard;
   at::Tensor out = at::empty({S.R, L.H}, x.options());
   at::Tensor h = h0.clone();
@@ -637,6 +647,7 @@ std::vector<at::Tensor> rnn_backward(
   TORCH_CHECK(grad_out.is_contiguous() && grad_out.sizes() == at::IntArrayRef({S.R, L.H}) &&
                   grad_hn.is_contiguous() && grad_hn.sizes() == at::IntArrayRef({S.N, L.H}),
               "grukit: gradient shapes do not match");
+  TunedThreads threads(call_kind(1, true, x, L, S, spec, recurrent, candidate, zoneout, ln_ih));
   SingleThreadedBlas blas_guard;
   const int64_t I = x.size(1), R = S.R;
   auto opts = x.options();
@@ -703,6 +714,26 @@ std::tuple<std::vector<double>, std::vector<std::string>> profile() {
 }
 bool uses_blas() { return blas_available(); }
 
+void set_thread_policy(int64_t policy) { g_threads.set_policy(int(policy)); }
+int64_t thread_policy() { return g_threads.policy(); }
+std::vector<int64_t> thread_choices() { return g_threads.chosen(); }
+std::vector<double> thread_kinds() { return g_threads.kinds(); }
+
+// The tuner's choices (0: one thread, 1: all) over calls of one kind where call i would take
+// one_ns[i] on one thread and all_ns[i] on all: a fresh tuner, for the tests.
+std::vector<int64_t> thread_tuner_trace(at::ArrayRef<double> one_ns, at::ArrayRef<double> all_ns) {
+  TORCH_CHECK(one_ns.size() == all_ns.size(), "grukit: one_ns and all_ns differ in length");
+  ThreadTuner tuner;
+  std::vector<int64_t> arms;
+  for (size_t i = 0; i < one_ns.size(); ++i) {
+    int arm = -1;
+    tuner.choose(7, 2, &arm);
+    tuner.record(7, arm, arm == 0 ? one_ns[i] : all_ns[i]);
+    arms.push_back(arm);
+  }
+  return arms;
+}
+
 }  // namespace
 }  // namespace grukit
 
@@ -724,6 +755,11 @@ TORCH_LIBRARY(grukit, m) {
   m.def("set_profiling", &grukit::set_profiling);
   m.def("profile", &grukit::profile);
   m.def("uses_blas", &grukit::uses_blas);
+  m.def("set_thread_policy", &grukit::set_thread_policy);
+  m.def("thread_policy", &grukit::thread_policy);
+  m.def("thread_choices", &grukit::thread_choices);
+  m.def("thread_kinds", &grukit::thread_kinds);
+  m.def("thread_tuner_trace", &grukit::thread_tuner_trace);
 }
 
 TORCH_LIBRARY_IMPL(grukit, CPU, m) {

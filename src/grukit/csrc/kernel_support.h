@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
@@ -26,6 +28,7 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 // Standard Fortran BLAS, exported by libtorch_cpu when PyTorch is built with MKL or OpenBLAS.
@@ -140,6 +143,192 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   return at::from_blob(
       p, sizes, [capacity](void* q) { block_pool().put(q, capacity); }, opts);
 }
+
+// ------------------------------------------------------------------------------- threads
+// The kernels' results do not depend on the thread count, so every call may run on one thread
+// or on all that torch allows, whichever has lately been faster for calls of the same kind
+// (op and shape). On a quiet machine that is usually all threads; beside busy processes, or a
+// thread pool that spins on the other cores, a second thread that is descheduled stalls every
+// step's barrier, and one thread is faster. Each kind keeps a moving average of both choices'
+// times; the slower one is re-timed once every `interval` calls (16, doubling to 256 while it
+// stays slower) or after 10 s, so a change in the machine's load is followed. Policy "all"
+// always uses torch's thread count (as the kernels did before).
+
+class ThreadTuner {
+ public:
+  enum Policy : int { kAdaptive = 0, kAll = 1, kOne = 2 };
+
+  // The thread count for a call of kind `key` when torch allows `allowed`; returns the arm
+  // (0: one thread, 1: all) through `arm`, -1 when there is no choice to learn from.
+  int choose(uint64_t key, int allowed, int* arm) {
+    *arm = -1;
+    const int policy = policy_.load(std::memory_order_relaxed);
+    if (allowed <= 1 || policy == kAll) return allowed;
+    if (policy == kOne) return 1;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (kinds_.size() > 4096) kinds_.clear();  // bounded, whatever the callers' shapes
+    Kind& k = kinds_[key];
+    ++k.calls;
+    int a;
+    if (k.samples[0] < kWarm || k.samples[1] < kWarm) {
+      a = k.samples[0] <= k.samples[1] ? 0 : 1;
+    } else {
+      const int best = k.ema[0] <= k.ema[1] ? 0 : 1;
+      const auto now = std::chrono::steady_clock::now();
+      if (k.calls >= k.next_probe || now - k.last_probe > std::chrono::seconds(10)) {
+        a = 1 - best;
+        k.probing = true;
+        k.last_probe = now;
+      } else {
+        a = best;
+      }
+    }
+    *arm = a;
+    return a == 0 ? 1 : allowed;
+  }
+
+  void record(uint64_t key, int arm, double ns) {
+    if (arm < 0) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    Kind& k = kinds_[key];
+    ++chosen_[arm];
+    const bool probe = k.probing;
+    k.probing = false;
+    if (k.seen[arm]++ == 0) return;  // a kind's first call per arm warms caches and pools
+    if (probe) {  // the slower choice, re-timed from scratch
+      k.ema[arm] = ns;
+      const bool faster = ns <= k.ema[1 - arm];
+      k.interval = faster ? kFirstInterval : std::min(k.interval * 2, kMaxInterval);
+      k.next_probe = k.calls + k.interval;
+    } else {
+      k.ema[arm] = k.samples[arm] == 0 ? ns : 0.7 * k.ema[arm] + 0.3 * ns;
+    }
+    ++k.samples[arm];
+  }
+
+  void set_policy(int p) {
+    TORCH_CHECK(p >= 0 && p <= 2, "grukit: thread policy must be 0 (adaptive), 1 (all), 2 (one)");
+    std::lock_guard<std::mutex> lock(mutex_);
+    policy_.store(p);
+    kinds_.clear();
+    chosen_[0] = chosen_[1] = 0;
+  }
+  int policy() const { return policy_.load(); }
+  // per kind learnt: mean ns on one thread, on all, and the calls seen
+  std::vector<double> kinds() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<double> out;
+    for (const auto& kv : kinds_) {
+      out.push_back(kv.second.ema[0]);
+      out.push_back(kv.second.ema[1]);
+      out.push_back(double(kv.second.calls));
+    }
+    return out;
+  }
+  // calls run on one thread and on all threads under the adaptive policy since set_policy
+  std::vector<int64_t> chosen() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {chosen_[0], chosen_[1]};
+  }
+
+ private:
+  static constexpr int kWarm = 2;
+  static constexpr int64_t kFirstInterval = 16, kMaxInterval = 256;
+  struct Kind {
+    double ema[2] = {0, 0};
+    int64_t seen[2] = {0, 0}, samples[2] = {0, 0};
+    int64_t calls = 0, next_probe = 0, interval = kFirstInterval;
+    bool probing = false;
+    std::chrono::steady_clock::time_point last_probe = std::chrono::steady_clock::now();
+  };
+  std::mutex mutex_;
+  std::atomic<int> policy_{kAdaptive};
+  std::unordered_map<uint64_t, Kind> kinds_;
+  int64_t chosen_[2] = {0, 0};
+};
+ThreadTuner g_threads;
+
+// A call's kind: the op and what sets its cost. Sizes that vary from batch to batch (the
+// batch and the rows of a packed sequence) go in half-octave buckets, so that kinds repeat.
+inline int64_t size_bucket(int64_t n) { return n <= 1 ? 0 : int64_t(2.0 * std::log2(double(n))); }
+
+inline uint64_t kind_key(std::initializer_list<int64_t> parts, at::IntArrayRef more = {}) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the parts' bytes
+  auto mix = [&](int64_t v) {
+    for (int b = 0; b < 8; ++b) h = (h ^ uint64_t((v >> (8 * b)) & 0xff)) * 1099511628211ull;
+  };
+  for (int64_t v : parts) mix(v);
+  for (int64_t v : more) mix(v);
+  return h;
+}
+
+// Runs the calling op on the tuner's thread count for its kind, and times it.
+class TunedThreads {
+ public:
+  explicit TunedThreads(uint64_t key) : key_(key) {
+    at::internal::lazy_init_num_threads();
+    allowed_ = at::get_num_threads();
+    const int n = g_threads.choose(key, allowed_, &arm_);
+#ifdef _OPENMP
+    if (n != allowed_) omp_set_num_threads(n);
+#endif
+    start_ = std::chrono::steady_clock::now();
+  }
+  ~TunedThreads() {
+    const auto ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start_);
+#ifdef _OPENMP
+    if (omp_get_max_threads() != allowed_) omp_set_num_threads(allowed_);
+#endif
+    if (!std::uncaught_exceptions()) g_threads.record(key_, arm_, ns.count());
+  }
+  TunedThreads(const TunedThreads&) = delete;
+  TunedThreads& operator=(const TunedThreads&) = delete;
+
+ private:
+  uint64_t key_;
+  int allowed_ = 1, arm_ = -1;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// A counter one thread raises and another waits on: a short spin, then a sleep on a condition
+// variable, so a waiter never burns a core that the thread it waits for may need.
+class Progress {
+ public:
+  void publish(int64_t value) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      value_.store(value, std::memory_order_release);
+    }
+    cv_.notify_all();
+  }
+  void abort() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      aborted_.store(true);
+    }
+    cv_.notify_all();
+  }
+  // true once the value reaches `target`; false if abort() was called first
+  bool wait_for(int64_t target) {
+    for (int i = 0; i < kSpins; ++i) {
+      if (value_.load(std::memory_order_acquire) >= target) return true;
+      if (aborted_.load(std::memory_order_relaxed)) return false;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait(lock, [&] { return value_.load(std::memory_order_acquire) >= target || aborted_.load(); });
+    return !aborted_.load();
+  }
+
+ private:
+  static constexpr int kSpins = 2000;
+  std::atomic<int64_t> value_{0};
+  std::atomic<bool> aborted_{false};
+  std::mutex mutex_;
+  std::condition_variable cv_;
+};
 
 // ------------------------------------------------------------------------------------ GEMM
 
