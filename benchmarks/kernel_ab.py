@@ -24,7 +24,7 @@ import torch
 
 import grukit
 from grukit import fused
-from grukit.bench import SHAPES
+from grukit.bench import FUSED_WARMUP, SHAPES
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = "src/grukit/csrc"
@@ -112,7 +112,8 @@ def main() -> None:
             b = _layer_call(theirs, v, x, h0, w, bs, False)[0]
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
             times: dict = {(ns, mode): [] for ns in (ours, theirs) for mode in ("train", "fwd")}
-            for _ in range(args.rounds + 1):  # the first round warms up
+            # the first rounds warm up (and let the adaptive thread choice settle)
+            for _ in range(args.rounds + FUSED_WARMUP):
                 for ns in (ours, theirs):
                     t = time.perf_counter()
                     _train_step(ns, needs[ns], v, x, h0, w, bs, g_out, g_hn)
@@ -121,8 +122,8 @@ def main() -> None:
                     _layer_call(ns, v, x, h0, w, bs, False)
                     times[(ns, "fwd")].append(time.perf_counter() - t)
             ratio = {
-                m: statistics.median(times[(ours, m)][1:])
-                / statistics.median(times[(theirs, m)][1:])
+                m: statistics.median(times[(ours, m)][FUSED_WARMUP:])
+                / statistics.median(times[(theirs, m)][FUSED_WARMUP:])
                 for m in ("train", "fwd")
             }
             print(f"| {vname} | {sname} | {ratio['train']:.3f} | {ratio['fwd']:.3f} |", flush=True)

@@ -68,8 +68,10 @@ class Candidate:
     warmup: int = 1
 
 
-#: warm-up calls of a fused candidate: enough for the thread choice to settle
+#: warm-up calls of a fused candidate: enough for the thread choice to settle (more after a
+#: change of load, where what was learnt on the quiet machine is stale)
 FUSED_WARMUP = 8
+CONTEND_WARMUP = 24
 
 
 def _module_candidate(name: str, module: nn.Module, x: torch.Tensor, **call: object) -> Candidate:
@@ -407,6 +409,7 @@ def run_contention_benchmark(
         def timed(hook: Callable[[], object] | None, cands: list[Candidate]) -> dict:
             for c in cands:
                 c.times = {"forward": [], "train": []}
+                c.warmup = CONTEND_WARMUP if c.warmup > 1 else 1
             _measure(cands, rounds, budget_s, hook=hook)
             return {c.name: {k: statistics.median(v) for k, v in c.times.items()} for c in cands}
 

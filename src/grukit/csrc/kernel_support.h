@@ -150,8 +150,9 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
 // (op and shape). On a quiet machine that is usually all threads; beside busy processes, or a
 // thread pool that spins on the other cores, a second thread that is descheduled stalls every
 // step's barrier, and one thread is faster. Each kind keeps a moving average of both choices'
-// times; the slower one is re-timed once every `interval` calls (16, doubling to 256 while it
-// stays slower) or after 10 s, so a change in the machine's load is followed. Policy "all"
+// times and runs on all threads unless one thread is clearly (15%) faster; the other choice is
+// re-timed once every `interval` calls (16, doubling to 256 while the choice stands) or after
+// 10 s, so a change in the machine's load is followed. Policy "all"
 // always uses torch's thread count (as the kernels did before).
 
 class ThreadTuner {
@@ -173,14 +174,13 @@ class ThreadTuner {
     if (k.samples[0] < kWarm || k.samples[1] < kWarm) {
       a = k.samples[0] <= k.samples[1] ? 0 : 1;
     } else {
-      const int best = k.ema[0] <= k.ema[1] ? 0 : 1;
       const auto now = std::chrono::steady_clock::now();
       if (k.calls >= k.next_probe || now - k.last_probe > std::chrono::seconds(10)) {
-        a = 1 - best;
+        a = 1 - k.best;
         k.probing = true;
         k.last_probe = now;
       } else {
-        a = best;
+        a = k.best;
       }
     }
     *arm = a;
@@ -195,15 +195,31 @@ class ThreadTuner {
     const bool probe = k.probing;
     k.probing = false;
     if (k.seen[arm]++ == 0) return;  // a kind's first call per arm warms caches and pools
-    if (probe) {  // the slower choice, re-timed from scratch
-      k.ema[arm] = ns;
-      const bool faster = ns <= k.ema[1 - arm];
-      k.interval = faster ? kFirstInterval : std::min(k.interval * 2, kMaxInterval);
-      k.next_probe = k.calls + k.interval;
+    if (probe) {  // the other choice, re-timed: one sample, or the mean of a confirming pair
+      k.ema[arm] = k.confirming ? 0.5 * (k.ema[arm] + ns) : ns;
     } else {
       k.ema[arm] = k.samples[arm] == 0 ? ns : 0.7 * k.ema[arm] + 0.3 * ns;
     }
     ++k.samples[arm];
+    if (k.samples[0] == 0 || k.samples[1] == 0) return;
+    // All threads unless one is clearly faster (a second thread's gain can be small and the
+    // timings noisy: flapping between the two would cost more than either).
+    const int want = k.best == 1 ? (k.ema[0] < kClearlyFaster * k.ema[1] ? 0 : 1)
+                                 : (k.ema[1] < k.ema[0] ? 1 : 0);
+    if (!probe) {
+      k.best = want;  // the choice in use got slower (a busy neighbour): follow at once
+      return;
+    }
+    if (want != k.best && !k.confirming) {  // a probe that says switch is timed once more
+      k.confirming = true;
+      k.next_probe = k.calls + 1;
+      return;
+    }
+    k.confirming = false;
+    const bool switched = want != k.best;
+    k.best = want;
+    k.interval = switched ? kFirstInterval : std::min(k.interval * 2, kMaxInterval);
+    k.next_probe = k.calls + k.interval;
   }
 
   void set_policy(int p) {
@@ -233,11 +249,14 @@ class ThreadTuner {
 
  private:
   static constexpr int kWarm = 2;
+  static constexpr double kClearlyFaster = 0.85;
   static constexpr int64_t kFirstInterval = 16, kMaxInterval = 256;
   struct Kind {
     double ema[2] = {0, 0};
     int64_t seen[2] = {0, 0}, samples[2] = {0, 0};
     int64_t calls = 0, next_probe = 0, interval = kFirstInterval;
+    int best = 1;
+    bool confirming = false;
     bool probing = false;
     std::chrono::steady_clock::time_point last_probe = std::chrono::steady_clock::now();
   };
