@@ -44,3 +44,43 @@ def test_cli_rejects_unknown_shape_and_variant():
 
     assert main(["bench", "--shapes", "S9"]) == 2
     assert main(["bench", "--variants", "gru9"]) == 2
+
+
+def test_contention_benchmark_reports_quiet_and_loaded_times(monkeypatch):
+    """One busy process (a real subprocess, killed afterwards) and the slowdown table."""
+    monkeypatch.setattr(bench, "CONTEND_WARMUP", 2)
+    tiny = bench.Shape("T1", 2, 5, 3, 4)
+    report = bench.run_contention_benchmark([tiny], busy=1, rounds=2, budget_s=5, log=print)
+    entry = report["shapes"]["T1"]
+    (label,) = report["loads"]
+    assert label == "beside 1 busy process"
+    for name in bench.CONTEND_NAMES:
+        for mode in ("forward", "train"):
+            assert entry["quiet_s"][name][mode] > 0
+            assert entry["loaded_s"][label][name][mode] > 0
+            assert entry["slowdown"][label][name][mode] == pytest.approx(
+                entry["loaded_s"][label][name][mode] / entry["quiet_s"][name][mode]
+            )
+    text = bench.format_contention_report(report)
+    assert "| fused gru, 1 thread |" in text and "beside 1 busy process" in text
+    json.dumps(report)
+
+
+def test_contend_refuses_a_negative_count():
+    from grukit.cli import main
+
+    assert main(["bench", "--contend", "-1"]) == 2
+
+
+def test_contention_benchmark_with_onnxruntime_in_the_process(monkeypatch):
+    pytest.importorskip("onnxruntime", reason="the bench extra (onnx, onnxruntime) is absent")
+    pytest.importorskip("onnx", reason="the bench extra (onnx, onnxruntime) is absent")
+    monkeypatch.setattr(bench, "CONTEND_WARMUP", 2)
+    tiny = bench.Shape("T1", 2, 5, 3, 4)
+    report = bench.run_contention_benchmark(
+        [tiny], busy=0, onnxruntime=True, rounds=2, budget_s=5, log=print
+    )
+    assert report["loads"] == ["beside 0 busy processes", "onnxruntime in the process"]
+    assert (
+        report["shapes"]["T1"]["slowdown"]["onnxruntime in the process"]["fused gru"]["train"] > 0
+    )

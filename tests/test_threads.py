@@ -151,4 +151,3 @@ def test_a_step_finishes_while_other_threads_of_the_process_are_busy():
         [sys.executable, "-c", BUSY_SCRIPT], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0 and "finished" in proc.stdout, proc.stderr[-2000:]
-
