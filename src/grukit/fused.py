@@ -299,6 +299,54 @@ def fused_layer(
     return out, h_n
 
 
+class StepPlan:
+    """A cell's one step straight into the kernel, for inference (no grad) on batched input:
+    what :class:`grukit.GRUCell` checks and builds per call, done once. A call returns ``None``
+    (and the cell takes its general path, with its full checks and messages) unless the
+    parameters are still the ones the plan was made for and the input and state are 2-D, of
+    the plan's dtype, on the CPU and of the expected sizes."""
+
+    __slots__ = ("params", "spec", "dtype", "input_size", "hidden_size", "names")
+
+    def __init__(self, v: Variant, params: Any, names: tuple[str, ...], input_size: int,
+                 hidden_size: int) -> None:  # fmt: skip
+        self.names = names
+        self.params = tuple(params.get(k) for k in names)
+        self.spec = _kernel_spec(v)
+        self.dtype = self.params[0].dtype
+        self.input_size, self.hidden_size = input_size, hidden_size
+
+    @classmethod
+    def of(
+        cls, v: Variant, params: Any, input_size: int, hidden_size: int, suffix: str = ""
+    ) -> StepPlan | None:
+        """The plan of the layer whose parameters are ``weight_ih{suffix}``... in ``params``
+        (a module's ``_parameters``), or None if they are not contiguous CPU tensors."""
+        names = tuple(k + suffix for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        for t in (params.get(k) for k in names):
+            if t is not None and (not t.is_contiguous() or t.device.type != "cpu"):
+                return None
+        return cls(v, params, names, input_size, hidden_size)
+
+    def __call__(self, x: Tensor, h: Tensor, params: Any) -> Tensor | None:
+        mine = self.params
+        for i, k in enumerate(self.names):
+            if params.get(k) is not mine[i]:
+                return None
+        if x.dim() != 2 or h.dim() != 2 or x.dtype != self.dtype or h.dtype != self.dtype:
+            return None
+        n = x.shape[0]
+        if n == 0 or x.shape[1] != self.input_size or h.shape != (n, self.hidden_size):
+            return None
+        if x.device.type != "cpu" or h.device.type != "cpu" or x.requires_grad:
+            return None
+        out, _, _ = torch.ops.grukit.rnn_forward(
+            x.contiguous(), h.contiguous(), mine[0], mine[1], mine[2], mine[3],
+            _batch_sizes_tensor((n,)), self.spec, False, False, None, None, None, None, None,
+        )  # fmt: skip
+        return out
+
+
 def profile(fn: Any) -> dict[str, float]:
     """Seconds per kernel phase while ``fn()`` runs (forward, backward, GEMMs, element-wise)."""
     _require()

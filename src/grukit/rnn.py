@@ -602,9 +602,42 @@ class GRU(_InCellOptions, nn.Module):
                 f"{type(self).__name__}: step() takes one time step, (N, H_in) or (H_in,); "
                 f"got {got}"
             )
+        plans = self.__dict__.get("_step_plans")  # inference on batched input: the kernel
+        if (
+            plans is not None and isinstance(hx, Tensor) and not torch.is_grad_enabled()
+            and input.dim() == 2 and hx.dim() == 3 and hx.shape[0] == len(plans)
+            and self.__dict__.get("backend") in ("auto", "fused")
+            and not (self.dropout > 0 and self.training)
+        ):  # fmt: skip
+            x, finals = input, []
+            for k, plan in enumerate(plans):
+                x = plan(x, hx[k], self._parameters)
+                if x is None:
+                    break
+                finals.append(x)
+            else:
+                return x, torch.stack(finals, 0)
         seq = input.unsqueeze(1 if self.batch_first and input.dim() == 2 else 0)
         out, state = self(seq, hx)
+        if self.__dict__.get("last_backend") == "fused" and not self.cell_options.any:
+            self.__dict__["_step_plans"] = self._make_step_plans()
         return out.squeeze(1 if self.batch_first and input.dim() == 2 else 0), state
+
+    def _make_step_plans(self) -> list | None:
+        """One :class:`grukit.fused.StepPlan` per layer (unidirectional, fused, no options)."""
+        from grukit.fused import StepPlan
+
+        if self.backend not in ("auto", "fused") or (self.dropout > 0 and self.training):
+            return None
+        variant = VARIANTS[self.variant]
+        plans = []
+        for k in range(self.num_layers):
+            size = self.input_size if k == 0 else self.hidden_size
+            plan = StepPlan.of(variant, self._parameters, size, self.hidden_size, f"_l{k}")
+            if plan is None:
+                return None
+            plans.append(plan)
+        return plans
 
 
 class GRUCell(_InCellOptions, nn.Module):
@@ -694,6 +727,14 @@ class GRUCell(_InCellOptions, nn.Module):
         masks: LayerMasks | None = None,
         generator: torch.Generator | None = None,
     ) -> Any:
+        plan = self.__dict__.get("_step_plan")  # inference on batched input: straight to the kernel
+        if (
+            plan is not None and masks is None and hx is not None and not torch.is_grad_enabled()
+            and self.__dict__.get("backend") in ("auto", "fused")
+        ):  # fmt: skip
+            out = plan(input, hx, self._parameters)
+            if out is not None:
+                return out
         owner = type(self).__name__
         ref = self.weight_ih
         _check_tensor(owner, "input", input, ref)
@@ -735,4 +776,9 @@ class GRUCell(_InCellOptions, nn.Module):
             (N, N, self.hidden_size), self.training, masks, generator, 0,
         )  # fmt: skip
         out, _ = layer_function(backend)(variant, x, [N], h, weights, False, extras)
+        if backend == "fused" and self.backend in ("auto", "fused") and not self.cell_options.any:
+            from grukit.fused import StepPlan
+
+            plan = StepPlan.of(variant, self._parameters, self.input_size, self.hidden_size)
+            self.__dict__["_step_plan"] = plan
         return out if batched else out.squeeze(0)

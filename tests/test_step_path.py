@@ -1,0 +1,127 @@
+"""The streaming step path: ``GRUCell`` and ``GRU.step`` in inference go straight to the kernel
+(:class:`grukit.fused.StepPlan`) once a first call has run, with the same results as the
+general path, and fall back to it (and its checks and messages) whenever anything changed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import grukit
+import grukit.fused
+import grukit.rnn
+
+pytestmark = pytest.mark.skipif(
+    not grukit.fused.available(), reason=f"fused kernels: {grukit.fused.unavailable_reason()}"
+)
+
+
+def _no_general_path(monkeypatch):
+    """Make the general path fail loudly: what still works ran through the plan."""
+
+    def boom(*a, **k):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(grukit.rnn, "_check_tensor", boom)
+
+
+@pytest.mark.parametrize("variant", ["gru", "gru_reset_before", "mgu", "gru3", "mingru"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cell_plan_equals_the_general_path_bit_for_bit(variant, dtype, monkeypatch):
+    torch.manual_seed(0)
+    cell = grukit.GRUCell(7, 12, variant=variant, dtype=dtype)
+    xs = torch.randn(6, 3, 7, dtype=dtype)
+    h = torch.zeros(3, 12, dtype=dtype)
+    want = []
+    for x in xs:  # the general (autograd) path
+        h = cell(x, h).detach()
+        want.append(h)
+    with torch.no_grad():
+        h = torch.zeros(3, 12, dtype=dtype)
+        h = cell(xs[0], h)  # the first call makes the plan
+        assert cell.__dict__.get("_step_plan") is not None
+        _no_general_path(monkeypatch)
+        got = [h]
+        for x in xs[1:]:
+            h = cell(x, h)
+            got.append(h)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_cell_plan_matches_torch_grucell():
+    torch.manual_seed(1)
+    ref = torch.nn.GRUCell(5, 9, dtype=torch.float64)
+    cell = grukit.GRUCell(5, 9, dtype=torch.float64)
+    cell.load_state_dict(ref.state_dict())
+    x, h = torch.randn(2, 5, dtype=torch.float64), torch.randn(2, 9, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(cell(x, h), ref(x, h), atol=1e-12, rtol=1e-12)
+
+
+def test_cell_plan_follows_replaced_and_loaded_parameters():
+    torch.manual_seed(2)
+    cell = grukit.GRUCell(4, 6)
+    other = grukit.GRUCell(4, 6)
+    x, h = torch.randn(2, 4), torch.randn(2, 6)
+    with torch.no_grad():
+        cell(x, h)
+        cell.load_state_dict(other.state_dict())  # in place: the plan stays valid
+        assert torch.equal(cell(x, h), other(x, h))
+        cell.weight_hh = torch.nn.Parameter(torch.zeros(18, 6))  # a new tensor: re-planned
+        other.weight_hh = torch.nn.Parameter(torch.zeros(18, 6))
+        assert torch.equal(cell(x, h), other(x, h))
+
+
+def test_cell_plan_keeps_the_general_checks():
+    cell = grukit.GRUCell(4, 6)
+    with torch.no_grad():
+        cell(torch.randn(2, 4), torch.zeros(2, 6))
+        with pytest.raises(ValueError, match="Expected hidden size"):
+            cell(torch.randn(2, 4), torch.zeros(3, 6))
+        with pytest.raises(ValueError, match="input"):
+            cell(torch.randn(2, 5), torch.zeros(2, 6))
+        with pytest.raises((TypeError, ValueError, RuntimeError), match="dtype|float"):
+            cell(torch.randn(2, 4, dtype=torch.float64), torch.zeros(2, 6, dtype=torch.float64))
+        cell.backend = "reference"
+        cell(torch.randn(2, 4), torch.zeros(2, 6))
+        assert cell.last_backend == "reference"
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_gru_step_plan_equals_the_whole_sequence(layers, monkeypatch):
+    torch.manual_seed(3)
+    m = grukit.GRU(5, 8, num_layers=layers, dtype=torch.float64).eval()
+    xs = torch.randn(7, 2, 5, dtype=torch.float64)
+    with torch.no_grad():
+        want, want_h = m(xs)
+        out, h = m.step(xs[0], torch.zeros(layers, 2, 8, dtype=torch.float64))
+        assert m.__dict__.get("_step_plans") is not None
+        outs = [out]
+        monkeypatch.setattr(type(m), "forward", lambda *a, **k: pytest.fail("general path ran"))
+        for x in xs[1:]:
+            out, h = m.step(x, h)
+            outs.append(out)
+    torch.testing.assert_close(torch.stack(outs), want, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(h, want_h, atol=1e-12, rtol=1e-12)
+
+
+def test_gru_step_has_no_plan_with_options_or_training_dropout():
+    x, h = torch.randn(2, 4), torch.zeros(2, 2, 6)
+    with torch.no_grad():
+        m = grukit.GRU(4, 6, num_layers=2, zoneout=0.1).eval()
+        m.step(x, h)
+        assert m.__dict__.get("_step_plans") is None
+        m = grukit.GRU(4, 6, num_layers=2, dropout=0.5).train()
+        m.step(x, h)
+        assert m.__dict__.get("_step_plans") is None
+        m.eval()
+        m.step(x, h)
+        assert m.__dict__.get("_step_plans") is not None
+        m.train()  # dropout between the layers again: the general path, a fresh mask per call
+        torch.manual_seed(0)
+        a, _ = m.step(x, h)
+        torch.manual_seed(1)
+        b, _ = m.step(x, h)
+        assert not torch.equal(a, b)
