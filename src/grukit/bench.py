@@ -15,6 +15,7 @@ path with the same option, at S2 and S4.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -452,6 +453,135 @@ def format_contention_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+#: ``--step``: one step at batch 1, input 88, for each hidden size.
+STEP_HIDDEN = (64, 256, 1024)
+STEP_INPUT = 88
+
+
+def _onnxruntime_gru_step(cell: nn.GRUCell) -> Callable[[torch.Tensor, torch.Tensor], object]:
+    """onnxruntime's GRU operator (one step, linear_before_reset as torch) on ``cell``'s weights:
+    a call ``(x (1, I), h (1, H)) -> h'``."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    H, I = cell.hidden_size, cell.input_size
+
+    def zrn(t: torch.Tensor) -> np.ndarray:  # torch's gate order r, z, n -> ONNX's z, r, h
+        r, z, n = t.detach().chunk(3, 0)
+        return torch.cat([z, r, n], 0).unsqueeze(0).numpy()
+
+    w, r = zrn(cell.weight_ih), zrn(cell.weight_hh)
+    b = np.concatenate([zrn(cell.bias_ih), zrn(cell.bias_hh)], axis=1)
+    node = helper.make_node(
+        "GRU", ["x", "W", "R", "B", "", "h0"], ["", "hn"], hidden_size=H, linear_before_reset=1
+    )
+    graph = helper.make_graph(
+        [node], "gru_step",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, I]),
+         helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 1, H])],
+        [helper.make_tensor_value_info("hn", TensorProto.FLOAT, [1, 1, H])],
+        [onnx.numpy_helper.from_array(a, name) for a, name in ((w, "W"), (r, "R"), (b, "B"))],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def step(x: torch.Tensor, h: torch.Tensor) -> object:
+        return session.run(None, {"x": x.numpy()[None], "h0": h.numpy()[None]})[0][0]
+
+    return step
+
+
+def run_step_benchmark(
+    hiddens: Sequence[int] = STEP_HIDDEN,
+    *,
+    rounds: int = 15,
+    calls: int = 200,
+    seed: int = 0,
+    log: Callable[[str], object] = print,
+) -> dict:
+    """Microseconds per step at batch 1 (no grad) of grukit's GRUCell and GRU.step beside
+    torch.nn.GRUCell and (when installed) onnxruntime's GRU operator; interleaved rounds of
+    ``calls`` steps each (onnxruntime's after the others'), median over rounds; outputs checked
+    equal first."""
+    if not fused.available():
+        raise RuntimeError(f"the fused kernels are unavailable: {fused.unavailable_reason()}")
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+
+        with_ort = True
+    except ImportError:
+        with_ort = False
+    report: dict = {"machine": _machine(), "input": STEP_INPUT, "hidden": {}}
+    for H in hiddens:
+        log(f"timing one step at batch 1, input {STEP_INPUT}, hidden {H} ...")
+        torch.manual_seed(seed)
+        ref = nn.GRUCell(STEP_INPUT, H)
+        cell = grukit.GRUCell(STEP_INPUT, H)
+        cell.load_state_dict(ref.state_dict())
+        net = grukit.GRU(STEP_INPUT, H)
+        net.load_state_dict({k + "_l0": v for k, v in ref.state_dict().items()})
+        x, h = torch.randn(1, STEP_INPUT), torch.randn(1, H)
+        h3 = h[None]
+        calls_of: dict[str, Callable[[], object]] = {
+            "grukit GRUCell": functools.partial(cell, x, h),
+            "grukit GRU.step": functools.partial(net.step, x, h3),
+            "torch.nn.GRUCell": functools.partial(ref, x, h),
+        }
+        with torch.no_grad():
+            want = ref(x, h)
+            for got in (cell(x, h), net.step(x, h3)[0]):
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            if with_ort:
+                ort_step = _onnxruntime_gru_step(ref)
+                got = torch.from_numpy(ort_step(x, h))
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+                calls_of["onnxruntime GRU"] = functools.partial(ort_step, x, h)
+            # onnxruntime's idle workers spin after every run and would slow whatever runs
+            # next in this process: its rounds come after the others' (interleaved) rounds
+            times: dict[str, list[float]] = {k: [] for k in calls_of}
+            groups = [[k for k in calls_of if k != "onnxruntime GRU"]]
+            if with_ort:
+                groups.append(["onnxruntime GRU"])
+            for group in groups:
+                for r in range(rounds + 1):
+                    for name in group:
+                        fn = calls_of[name]
+                        start = time.perf_counter()
+                        for _ in range(calls):
+                            fn()
+                        if r:  # the first round warms up
+                            times[name].append((time.perf_counter() - start) / calls)
+        med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
+        report["hidden"][str(H)] = {"median_us": med}
+    return report
+
+
+def format_step_report(report: dict) -> str:
+    hs = list(report["hidden"])
+    m = report["machine"]
+    names = list(report["hidden"][hs[0]]["median_us"])
+    lines = [
+        f"{m['processor']}, threads: {m['threads']}, torch {m['torch']}",
+        "",
+        f"### one step at batch 1, input {report['input']}: microseconds (ratio to "
+        "torch.nn.GRUCell)",
+        "",
+        "| candidate | " + " | ".join(f"H={h}" for h in hs) + " |",
+        "|---|" + "---:|" * len(hs),
+    ]
+    for name in names:
+        cells = []
+        for h in hs:
+            med = report["hidden"][h]["median_us"]
+            cells.append(f"{med[name]:.1f} ({med[name] / med['torch.nn.GRUCell']:.2f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def _machine() -> dict:
     return {
         "platform": platform.platform(),
@@ -557,6 +687,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "instead, and report each one's slowdown",
     )
     parser.add_argument(
+        "--step",
+        action="store_true",
+        help="time one step at batch 1 (GRUCell, GRU.step) beside torch.nn.GRUCell and "
+        "onnxruntime's GRU (with the bench extra) instead",
+    )
+    parser.add_argument(
         "--contend-onnxruntime",
         action="store_true",
         help="with --contend: also time them with onnxruntime running in this process between "
@@ -578,7 +714,10 @@ def run(args: argparse.Namespace) -> int:
     bad = [v for v in variants if v not in grukit.VARIANTS]
     if bad:
         raise ConfigError(f"unknown variant(s) {bad}; valid: {', '.join(grukit.VARIANTS)}")
-    if args.contend is not None:
+    if args.step:
+        report = run_step_benchmark(rounds=args.rounds)
+        print(format_step_report(report))
+    elif args.contend is not None:
         if args.contend < 0:
             raise ConfigError(f"--contend takes a count of busy processes >= 0, got {args.contend}")
         report = run_contention_benchmark(
