@@ -34,8 +34,10 @@ def test_benchmark_reports_every_candidate_and_ratio(monkeypatch):
     assert set(report["mingru_scan"]["speedup_vs_sequential"]) == {
         "mingru reference", "mingru scan", "mingru fused"
     }  # fmt: skip
+    assert report["machine"]["peak_sgemm_gflops"] > 0 and report["machine"]["isa"]
+    assert entry["fused_gru_share_of_peak"]["train"] > 0
     text = bench.format_report(report)
-    assert "| fused gru |" in text and "minGRU" in text
+    assert "| fused gru |" in text and "minGRU" in text and "peak sgemm" in text
     json.dumps(report)  # JSON-ready
 
 

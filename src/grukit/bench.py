@@ -169,6 +169,7 @@ def run_benchmark(
     if not fused.available():
         raise RuntimeError(f"the fused kernels are unavailable: {fused.unavailable_reason()}")
     report: dict = {"machine": _machine(), "shapes": {}}
+    report["machine"]["peak_sgemm_gflops"] = peak_sgemm_gflops()
     for shape in shapes:
         log(f"timing {shape} ...")
         cands = _shape_candidates(shape, variants, seed)
@@ -191,6 +192,11 @@ def run_benchmark(
                 }
             ratios[c.name] = r
         entry["ratios"] = ratios
+        entry["fused_gru_share_of_peak"] = {
+            mode: gru_layer_flops(shape, mode == "train") / med["fused gru"][mode] / 1e9
+            / report["machine"]["peak_sgemm_gflops"]
+            for mode in ("forward", "train")
+        } if "fused gru" in med else {}  # fmt: skip
         report["shapes"][shape.name] = entry
     if scan:
         report["mingru_scan"] = _scan_benchmark(SCAN_SHAPE, rounds, budget_s, seed, log)
@@ -586,11 +592,38 @@ def _machine() -> dict:
     return {
         "platform": platform.platform(),
         "processor": _cpu_model(),
+        "isa": _cpu_capability(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "grukit": grukit.__version__,
         "blas": "BLAS called directly" if torch.ops.grukit.uses_blas() else "at::mm fallback",
     }
+
+
+def _cpu_capability() -> str:
+    """The vector instruction set torch (and the fused kernels' build) uses here."""
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - very old torch
+        return "unknown"
+
+
+def peak_sgemm_gflops(size: int = 1536, rounds: int = 5) -> float:
+    """The machine's sgemm throughput at torch's thread count: the best of ``rounds`` square
+    float32 products of ``size`` through torch.mm (the ceiling the GEMM floor is measured
+    against)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(rounds))
+    return 2 * size**3 / best / 1e9
+
+
+def gru_layer_flops(shape: Shape, train: bool) -> float:
+    """Multiply-adds x 2 of one ``gru`` layer: forward 2 R 3H (I + H); a training step adds the
+    input, weight and state gradients (twice the forward's)."""
+    R, I, H = shape.steps * shape.batch, shape.input, shape.hidden
+    forward = 2 * R * 3 * H * (I + H)
+    return 3 * forward if train else forward
 
 
 def _cpu_model() -> str:
@@ -608,8 +641,10 @@ def _cpu_model() -> str:
 def format_report(report: dict) -> str:
     """The tables of ratios that the README shows."""
     lines = [
-        f"{report['machine']['processor']}, threads: {report['machine']['threads']}, "
-        f"torch {report['machine']['torch']}, {report['machine']['blas']}",
+        f"{report['machine']['processor']} ({report['machine'].get('isa', '?')}), threads: "
+        f"{report['machine']['threads']}, torch {report['machine']['torch']}, "
+        f"{report['machine']['blas']}, peak sgemm "
+        f"{report['machine'].get('peak_sgemm_gflops', float('nan')):.0f} GFLOP/s",
         "",
     ]
     for mode, title in (("train", "training step (forward + backward)"), ("forward", "forward")):
@@ -636,6 +671,11 @@ def format_report(report: dict) -> str:
             for s in shapes
         ]
         lines.append("| fused gru, share of the GEMM floor's throughput | " + " | ".join(fr) + " |")
+        pk = [
+            f"{report['shapes'][s].get('fused_gru_share_of_peak', {}).get(mode, float('nan')):.0%}"
+            for s in shapes
+        ]
+        lines.append("| fused gru, share of the machine's peak sgemm | " + " | ".join(pk) + " |")
         lines.append("")
     if "mingru_scan" in report:
         sc = report["mingru_scan"]
