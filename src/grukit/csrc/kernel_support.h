@@ -151,8 +151,8 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
 // thread pool that spins on the other cores, a second thread that is descheduled stalls every
 // step's barrier, and one thread is faster. Each kind keeps a moving average of both choices'
 // times and runs on all threads unless one thread is clearly (15%) faster; the other choice is
-// re-timed once every `interval` calls (16, doubling to 256 while the choice stands) or after
-// 10 s, so a change in the machine's load is followed. Policy "all"
+// re-timed (two calls, the faster kept) once every `interval` calls (16, doubling to 256 while
+// the choice stands) or after 10 s, so a change in the machine's load is followed. Policy "all"
 // always uses torch's thread count (as the kernels did before).
 
 class ThreadTuner {
@@ -195,10 +195,14 @@ class ThreadTuner {
     const bool probe = k.probing;
     k.probing = false;
     if (k.seen[arm]++ == 0) return;  // a kind's first call per arm warms caches and pools
-    if (probe) {  // the other choice, re-timed: one sample, or the mean of a confirming pair
-      k.ema[arm] = k.confirming ? 0.5 * (k.ema[arm] + ns) : ns;
+    // Timing noise only ever adds time (an interrupt, a neighbour's burst): a probe of the
+    // other choice takes two calls and keeps the faster; the choice in use is averaged with
+    // each sample capped at twice the average, so one spike moves it little and a lasting
+    // slowdown (a busy neighbour) still shows within a few calls.
+    if (probe) {
+      k.ema[arm] = k.confirming ? std::min(k.ema[arm], ns) : ns;
     } else {
-      k.ema[arm] = k.samples[arm] == 0 ? ns : 0.7 * k.ema[arm] + 0.3 * ns;
+      k.ema[arm] = k.samples[arm] == 0 ? ns : 0.7 * k.ema[arm] + 0.3 * std::min(ns, 2 * k.ema[arm]);
     }
     ++k.samples[arm];
     if (k.samples[0] == 0 || k.samples[1] == 0) return;
@@ -210,7 +214,7 @@ class ThreadTuner {
       k.best = want;  // the choice in use got slower (a busy neighbour): follow at once
       return;
     }
-    if (want != k.best && !k.confirming) {  // a probe that says switch is timed once more
+    if (!k.confirming) {  // the probe's second call comes next
       k.confirming = true;
       k.next_probe = k.calls + 1;
       return;
