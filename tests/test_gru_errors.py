@@ -384,3 +384,42 @@ def test_errors_leave_the_module_usable(gru):
         gru(x3(F=6))
     after, _ = gru(x)
     assert torch.equal(before, after)
+
+
+# -- argument types, as torch.nn.GRU checks them ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"bias": 0}, r"bias should be of type bool, got int 0"),
+        ({"bias": 1}, r"bias should be of type bool, got int 1"),
+        ({"bias": "True"}, r"bias should be of type bool, got str 'True'"),
+        ({"batch_first": "False"}, r"batch_first should be of type bool, got str 'False'"),
+        ({"batch_first": 1}, r"batch_first should be of type bool, got int 1"),
+        ({"hidden_size": 3.0}, r"hidden_size must be a positive integer, got 3.0"),
+        ({"input_size": "4"}, r"input_size must be a positive integer, got '4'"),
+        ({"num_layers": 2.0}, r"num_layers must be a positive integer, got 2.0"),
+    ],
+)
+def test_argument_types_raise_type_error_as_torch_does(kwargs, match):
+    """torch.nn.GRU raises TypeError here; grukit's error is a TypeError and a ValueError, so
+    code written against either class keeps catching it (a string "False" used to build a
+    batch-first module silently)."""
+    from grukit.errors import ArgumentTypeError
+
+    args = {"input_size": 4, "hidden_size": 5}
+    args.update(kwargs)
+    with pytest.raises(TypeError, match=match) as info:
+        grukit.GRU(**args)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, ArgumentTypeError)
+    with pytest.raises(TypeError):
+        torch.nn.GRU(**args)
+
+
+def test_grucell_reads_bias_as_torch_does():
+    """torch.nn.GRUCell takes any truthy bias (it has no type check): so does grukit's."""
+    for bias in (1, 0):
+        ref = torch.nn.GRUCell(4, 5, bias=bias)
+        cell = grukit.GRUCell(4, 5, bias=bias)
+        assert [n for n, _ in cell.named_parameters()] == [n for n, _ in ref.named_parameters()]

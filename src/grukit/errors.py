@@ -29,3 +29,8 @@ class CheckpointError(GrukitError, ValueError):
 
 class TrainingError(GrukitError, RuntimeError):
     """Training cannot go on (for example the loss became NaN or Inf)."""
+
+
+class ArgumentTypeError(GrukitError, TypeError, ValueError):
+    """A constructor argument has the wrong type: a TypeError, as torch.nn.GRU raises, and a
+    ValueError, as grukit raised before, so code that catches either keeps working."""

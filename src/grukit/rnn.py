@@ -21,6 +21,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from grukit.backends import check_backend, layer_function, resolve_backend
 from grukit.cell_options import CellExtras, CellOptions, LayerMasks, check_masks, draw_masks
+from grukit.errors import ArgumentTypeError
 from grukit.reference import LayerWeights
 from grukit.variants import BASELINE_BLOCKS, BASELINES, VARIANTS, Variant, check_variant_name
 
@@ -280,11 +281,20 @@ class GRU(_InCellOptions, nn.Module):
         self.cell_options = CellOptions(
             recurrent_dropout, candidate_dropout, zoneout, layer_norm, weight_drop
         ).check(variant, owner)
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        for name, value in (
+            ("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)
+        ):  # fmt: skip
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ArgumentTypeError(
+                    f"{owner}: {name} must be a positive integer, got {value!r}"
+                )
+            if value <= 0:
                 raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers <= 0:
-            raise ValueError(f"{owner}: num_layers must be a positive integer, got {num_layers!r}")
+        for name, value in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(value, bool):  # as torch.nn.GRU: "False" would be truthy
+                raise ArgumentTypeError(
+                    f"{owner}: {name} should be of type bool, got {type(value).__name__} {value!r}"
+                )
         if (
             not isinstance(dropout, (int, float))
             or isinstance(dropout, bool)
@@ -680,7 +690,8 @@ class GRUCell(_InCellOptions, nn.Module):
             recurrent_dropout, candidate_dropout, zoneout, layer_norm, weight_drop
         ).check(variant, type(self).__name__)
         # one layer, one direction: the parameters of a GRU without the "_l0" suffix
-        inner = GRU(input_size, hidden_size, 1, bias, device=device, dtype=dtype,
+        # (bias as torch.nn.GRUCell reads it: any truthy value means biases)
+        inner = GRU(input_size, hidden_size, 1, bool(bias), device=device, dtype=dtype,
                     variant=variant, backend=backend, layer_norm=layer_norm)  # fmt: skip
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         self.variant, self.backend = variant, backend
