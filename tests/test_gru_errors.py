@@ -52,15 +52,24 @@ def test_wrong_rank(gru, shape, rank):
         gru(torch.randn(shape))
 
 
-def test_empty_batch(gru):
-    with pytest.raises(ValueError, match=r"empty batch.*\(3, 0, 4\)"):
-        gru(torch.randn(3, 0, 4))
-
-
-def test_empty_batch_batch_first():
-    m = grukit.GRU(4, 5, batch_first=True)
-    with pytest.raises(ValueError, match=r"empty batch.*\(0, 3, 4\)"):
-        m(torch.randn(0, 3, 4))
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("variant", ["gru", "mgu", "mingru"])
+def test_empty_batch_gives_empty_results_and_a_working_backward(variant, batch_first):
+    """As torch.nn.GRU (test_RNN_input_size_zero): outputs (T, 0, D*H), h_n (D*L, 0, H), and
+    backward runs (the parameters' gradients are zeros)."""
+    m = grukit.GRU(4, 5, num_layers=2, bidirectional=True, batch_first=batch_first,
+                   variant=variant)  # fmt: skip
+    x = torch.randn((0, 3, 4) if batch_first else (3, 0, 4), requires_grad=True)
+    out, h = m(x)
+    assert out.shape == ((0, 3, 10) if batch_first else (3, 0, 10))
+    assert h.shape == (4, 0, 5)
+    (out.sum() + h.sum()).backward()
+    assert x.grad.shape == x.shape
+    assert all(p.grad is not None and not p.grad.any() for p in m.parameters())
+    if variant == "gru":
+        ref = torch.nn.GRU(4, 5, num_layers=2, bidirectional=True, batch_first=batch_first)
+        ref_out, ref_h = ref(x.detach())
+        assert ref_out.shape == out.shape and ref_h.shape == h.shape
 
 
 @pytest.mark.parametrize("shape", [(0, 2, 4), (0, 4)])
@@ -351,9 +360,11 @@ def test_cell_hidden_rank(cell):
         cell(torch.randn(2, 4), torch.randn(5))
 
 
-def test_cell_empty_batch(cell):
-    with pytest.raises(ValueError, match=r"empty batch"):
-        cell(torch.randn(0, 4))
+def test_cell_empty_batch_gives_an_empty_state(cell):
+    h = cell(torch.randn(0, 4))
+    assert h.shape == (0, cell.hidden_size)
+    h.sum().backward()
+    assert torch.nn.GRUCell(4, cell.hidden_size)(torch.randn(0, 4)).shape == h.shape
 
 
 def test_cell_dtype_and_type(cell):

@@ -488,8 +488,6 @@ class GRU(_InCellOptions, nn.Module):
             if self.batch_first:
                 x = x.transpose(0, 1)
             T, N = x.shape[0], x.shape[1]
-            if N == 0:
-                raise ValueError(f"{owner}: got an empty batch (batch size 0): {_shape(input)}")
             if T == 0:
                 raise ValueError(
                     f"{owner}: got zero-length sequences (sequence length 0): {_shape(input)}"
@@ -555,6 +553,8 @@ class GRU(_InCellOptions, nn.Module):
         """Layers and directions over packed rows: data ``(R, H_in)``, h0 ``(D*L, N, H)``."""
         variant = VARIANTS[self.variant]
         backend = resolve_backend(self.backend, variant, data.device, data.dtype)
+        if batch_sizes[0] == 0:  # an empty batch (as torch: empty outputs, a working backward)
+            backend = "reference"
         self.__dict__["last_backend"] = backend  # (nn.Module.__setattr__ is slow per step)
         run = layer_function(backend)
         D = 2 if self.bidirectional else 1
@@ -752,8 +752,6 @@ class GRUCell(_InCellOptions, nn.Module):
         if input.dim() not in (1, 2):
             raise ValueError(f"{owner}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         _check_features(owner, input, self.input_size)
-        if input.dim() == 2 and input.shape[0] == 0:
-            raise ValueError(f"{owner}: got an empty batch (batch size 0)")
         if self._torch_template is not None:
             _refuse_baseline_masks(owner, self.variant, masks)
             self.last_backend = "torch"
@@ -778,8 +776,10 @@ class GRUCell(_InCellOptions, nn.Module):
                 )
         variant = VARIANTS[self.variant]
         backend = resolve_backend(self.backend, variant, x.device, x.dtype)
-        self.__dict__["last_backend"] = backend  # (nn.Module.__setattr__ is slow per step)
         N = x.shape[0]
+        if N == 0:  # an empty batch (as torch: an empty state, a working backward)
+            backend = "reference"
+        self.__dict__["last_backend"] = backend  # (nn.Module.__setattr__ is slow per step)
         weights, extras = _layer_call(
             owner, self.cell_options, variant,
             LayerWeights(*(getattr(self, k, None) for k in _WEIGHT_KINDS)),
