@@ -86,3 +86,20 @@ def test_contention_benchmark_with_onnxruntime_in_the_process(monkeypatch):
     assert (
         report["shapes"]["T1"]["slowdown"]["onnxruntime in the process"]["fused gru"]["train"] > 0
     )
+
+
+def test_peers_benchmark_times_each_peer_or_says_it_is_missing():
+    """Each peer runs in its own process on the same weights; one that is not installed (the
+    bench extra) is reported, not fatal."""
+    tiny = bench.Shape("T1", 2, 5, 3, 4)
+    report = bench.run_peers_benchmark([tiny], rounds=2, budget_s=5, log=print)
+    entry = report["shapes"]["T1"]
+    assert set(entry["peers"]) == {"onnxruntime", "openvino", "jax"}
+    for peer, r in entry["peers"].items():
+        if "error" in r:
+            assert "not installed" in r["error"], (peer, r)
+        else:
+            assert r["median_s"] > 0 and r["max_abs_diff"] <= 1e-4
+            assert entry["vs_fused_gru"][peer] > 0
+    assert "| fused gru | forward |" in bench.format_peers_report(report)
+    json.dumps(report)

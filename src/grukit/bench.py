@@ -588,6 +588,85 @@ def format_step_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def run_peers_benchmark(
+    shapes: Sequence[Shape],
+    peers: Sequence[str] | None = None,
+    *,
+    rounds: int = 15,
+    budget_s: float = 20.0,
+    seed: int = 0,
+    log: Callable[[str], object] = print,
+) -> dict:
+    """grukit's fused ``gru`` and torch.nn.LSTM (interleaved, here), then each peer of
+    :mod:`grukit.peers` in its own process on the same weights and input (outputs checked
+    equal there); medians and each peer's time over the fused ``gru``'s."""
+    from grukit import peers as peer_module
+
+    if not fused.available():
+        raise RuntimeError(f"the fused kernels are unavailable: {fused.unavailable_reason()}")
+    names = list(peers or peer_module.PEERS)
+    report: dict = {"machine": _machine(), "peers": names, "shapes": {}}
+    for shape in shapes:
+        log(f"timing {shape} with the peers ...")
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand(shape.steps, shape.batch, shape.input, generator=g) - 0.5
+        gru = grukit.GRU(shape.input, shape.hidden)
+        cands = [
+            _module_candidate("fused gru", gru, x),
+            _module_candidate("torch.nn.LSTM", nn.LSTM(shape.input, shape.hidden), x),
+        ]
+        _measure(cands, rounds, budget_s)
+        med = {c.name: {k: statistics.median(v) for k, v in c.times.items()} for c in cands}
+        with torch.no_grad():
+            want = gru(x)[0].numpy()
+        weights = {k[: -len("_l0")]: v.detach().numpy() for k, v in gru.state_dict().items()}
+        found = peer_module.run_peers(weights, x.numpy(), want, names, rounds)
+        entry: dict = {"shape": vars(shape), "median_s": med, "peers": found}
+        entry["vs_fused_gru"] = {
+            p: r["median_s"] / med["fused gru"]["train" if r["mode"] == "train" else "forward"]
+            for p, r in found.items() if "median_s" in r
+        }  # fmt: skip
+        report["shapes"][shape.name] = entry
+    return report
+
+
+def format_peers_report(report: dict) -> str:
+    from grukit.peers import PEERS
+
+    shapes = list(report["shapes"])
+    m = report["machine"]
+    lines = [
+        f"{m['processor']} ({m.get('isa', '?')}), threads: {m['threads']}, torch {m['torch']}",
+        "",
+        "### milliseconds (time over the fused gru's): forward without grad for the inference "
+        "peers, training step for the others",
+        "",
+        "| candidate | mode | " + " | ".join(shapes) + " |",
+        "|---|---|" + "---:|" * len(shapes),
+    ]
+    for name, mode in (("fused gru", "forward"), ("torch.nn.LSTM", "forward"),
+                       ("fused gru", "train"), ("torch.nn.LSTM", "train")):  # fmt: skip
+        cells = []
+        for s in shapes:
+            t = report["shapes"][s]["median_s"]
+            ratio = t[name][mode] / t["fused gru"][mode]
+            cells.append(f"{t[name][mode] * 1e3:.2f} ({ratio:.2f})")
+        lines.append(f"| {name} | {mode} | " + " | ".join(cells) + " |")
+    for peer in report["peers"]:
+        cells = []
+        for s in shapes:
+            r = report["shapes"][s]["peers"][peer]
+            if "median_s" in r:
+                ratio = report["shapes"][s]["vs_fused_gru"][peer]
+                cells.append(f"{r['median_s'] * 1e3:.2f} ({ratio:.2f})")
+            else:
+                cells.append(r["error"][:60])
+        lines.append(f"| {peer} | {PEERS[peer]} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def _machine() -> dict:
     return {
         "platform": platform.platform(),
@@ -727,6 +806,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "instead, and report each one's slowdown",
     )
     parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="time onnxruntime and OpenVINO (inference) and a JAX lax.scan GRU (training), each "
+        "in its own process, beside the fused gru and torch.nn.LSTM instead (the bench extra)",
+    )
+    parser.add_argument(
         "--step",
         action="store_true",
         help="time one step at batch 1 (GRUCell, GRU.step) beside torch.nn.GRUCell and "
@@ -754,7 +839,12 @@ def run(args: argparse.Namespace) -> int:
     bad = [v for v in variants if v not in grukit.VARIANTS]
     if bad:
         raise ConfigError(f"unknown variant(s) {bad}; valid: {', '.join(grukit.VARIANTS)}")
-    if args.step:
+    if args.peers:
+        report = run_peers_benchmark(
+            [SHAPES[s] for s in names], rounds=args.rounds, budget_s=args.budget
+        )
+        print(format_peers_report(report))
+    elif args.step:
         report = run_step_benchmark(rounds=args.rounds)
         print(format_step_report(report))
     elif args.contend is not None:
