@@ -465,36 +465,18 @@ STEP_INPUT = 88
 
 
 def _onnxruntime_gru_step(cell: nn.GRUCell) -> Callable[[torch.Tensor, torch.Tensor], object]:
-    """onnxruntime's GRU operator (one step, linear_before_reset as torch) on ``cell``'s weights:
-    a call ``(x (1, I), h (1, H)) -> h'``."""
-    import numpy as np
-    import onnx
+    """onnxruntime's GRU operator (one step; the model of :func:`grukit.peers.onnx_gru_model`)
+    on ``cell``'s weights: a call ``(x (1, I), h (1, H)) -> h'``."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper
 
-    H, I = cell.hidden_size, cell.input_size
+    from grukit.peers import onnx_gru_model
 
-    def zrn(t: torch.Tensor) -> np.ndarray:  # torch's gate order r, z, n -> ONNX's z, r, h
-        r, z, n = t.detach().chunk(3, 0)
-        return torch.cat([z, r, n], 0).unsqueeze(0).numpy()
-
-    w, r = zrn(cell.weight_ih), zrn(cell.weight_hh)
-    b = np.concatenate([zrn(cell.bias_ih), zrn(cell.bias_hh)], axis=1)
-    node = helper.make_node(
-        "GRU", ["x", "W", "R", "B", "", "h0"], ["", "hn"], hidden_size=H, linear_before_reset=1
-    )
-    graph = helper.make_graph(
-        [node], "gru_step",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, I]),
-         helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 1, H])],
-        [helper.make_tensor_value_info("hn", TensorProto.FLOAT, [1, 1, H])],
-        [onnx.numpy_helper.from_array(a, name) for a, name in ((w, "W"), (r, "R"), (b, "B"))],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    weights = {k: v.detach().numpy() for k, v in cell.state_dict().items()}
+    model = onnx_gru_model(weights, steps=1, batch=1)
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 
     def step(x: torch.Tensor, h: torch.Tensor) -> object:
-        return session.run(None, {"x": x.numpy()[None], "h0": h.numpy()[None]})[0][0]
+        return session.run(["hn"], {"x": x.numpy()[None], "h0": h.numpy()[None]})[0][0]
 
     return step
 
