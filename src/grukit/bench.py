@@ -295,8 +295,7 @@ def run_options_benchmark(
 def format_options_report(report: dict) -> str:
     shapes = list(report["shapes"])
     lines = [
-        f"{report['machine']['processor']}, threads: {report['machine']['threads']}, "
-        f"torch {report['machine']['torch']}",
+        _machine_line(report["machine"]),
         "",
         "### in-cell options: fused training step as a ratio to the plain fused step"
         " (and the reference path's time over the fused one)",
@@ -439,7 +438,7 @@ def run_contention_benchmark(
 def format_contention_report(report: dict) -> str:
     shapes = list(report["shapes"])
     m = report["machine"]
-    lines = [f"{m['processor']}, threads: {m['threads']}, torch {m['torch']}", ""]
+    lines = [_machine_line(m), ""]
     for label in report["loads"]:
         for mode, title in (("train", "training step"), ("forward", "forward without grad")):
             lines += [
@@ -552,7 +551,7 @@ def format_step_report(report: dict) -> str:
     m = report["machine"]
     names = list(report["hidden"][hs[0]]["median_us"])
     lines = [
-        f"{m['processor']}, threads: {m['threads']}, torch {m['torch']}",
+        _machine_line(m),
         "",
         f"### one step at batch 1, input {report['input']}: microseconds (ratio to "
         "torch.nn.GRUCell)",
@@ -619,7 +618,7 @@ def format_peers_report(report: dict) -> str:
     shapes = list(report["shapes"])
     m = report["machine"]
     lines = [
-        f"{m['processor']} ({m.get('isa', '?')}), threads: {m['threads']}, torch {m['torch']}",
+        _machine_line(m),
         "",
         "### milliseconds (time over the fused gru's): forward without grad for the inference "
         "peers, training step for the others",
@@ -659,6 +658,15 @@ def _machine() -> dict:
         "grukit": grukit.__version__,
         "blas": "BLAS called directly" if torch.ops.grukit.uses_blas() else "at::mm fallback",
     }
+
+
+def _machine_line(m: dict) -> str:
+    """The first line of every report: the CPU, its instruction set, threads, torch (and, when
+    measured, the GEMM path and the peak sgemm)."""
+    line = f"{m['processor']} ({m.get('isa', '?')}), threads: {m['threads']}, torch {m['torch']}"
+    if "peak_sgemm_gflops" in m:
+        line += f", {m['blas']}, peak sgemm {m['peak_sgemm_gflops']:.0f} GFLOP/s"
+    return line
 
 
 def _cpu_capability() -> str:
@@ -702,10 +710,7 @@ def _cpu_model() -> str:
 def format_report(report: dict) -> str:
     """The tables of ratios that the README shows."""
     lines = [
-        f"{report['machine']['processor']} ({report['machine'].get('isa', '?')}), threads: "
-        f"{report['machine']['threads']}, torch {report['machine']['torch']}, "
-        f"{report['machine']['blas']}, peak sgemm "
-        f"{report['machine'].get('peak_sgemm_gflops', float('nan')):.0f} GFLOP/s",
+        _machine_line(report["machine"]),
         "",
     ]
     for mode, title in (("train", "training step (forward + backward)"), ("forward", "forward")):
