@@ -370,8 +370,8 @@ inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const
 // One row of C (a streaming step at batch 1): c[n] = beta c[n] + sum_k a[k] op(B)[k, n], with
 // a[k] = A[k * inc]; op(B) = B^T for B row-major (N, K) (tb: one dot product per n, four rows
 // at a time so each load of a serves four), else B (K, N) (a scaled row of B added per k).
-// sgemm would pack all of B on every call, and MKL's sgemv streamed B at about a third of
-// the rate these loops reach on the AMD EPYC. Sums run in a fixed order.
+// sgemm would pack all of B on every call, and MKL's sgemv streamed B more slowly than these
+// loops on the AMD EPYC. Sums run in a fixed order.
 template <typename T>
 void gemv_row(bool tb, int64_t N, int64_t K, const T* A, int64_t inc, const T* B, int64_t ldb,
               T beta, T* C) {
