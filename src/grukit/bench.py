@@ -384,6 +384,18 @@ def _onnxruntime_load() -> Callable[[], object]:
     return lambda: session.run(None, {"x": x})
 
 
+def _loaded_medians(
+    cands: list[Candidate], rounds: int, budget_s: float, hook: Callable[[], object] | None
+) -> dict:
+    """Fresh timings of ``cands`` (the fused ones warmed up longer: the thread choice learnt
+    under another load is stale); medians per candidate and mode."""
+    for c in cands:
+        c.times = {"forward": [], "train": []}
+        c.warmup = CONTEND_WARMUP if c.warmup > 1 else 1
+    _measure(cands, rounds, budget_s, hook=hook)
+    return {c.name: {k: statistics.median(v) for k, v in c.times.items()} for c in cands}
+
+
 def run_contention_benchmark(
     shapes: Sequence[Shape],
     *,
@@ -412,18 +424,11 @@ def run_contention_benchmark(
         fused_gru = _module_candidate("fused gru", grukit.GRU(shape.input, shape.hidden), x)
         lstm = _module_candidate("torch.nn.LSTM", nn.LSTM(shape.input, shape.hidden), x)
 
-        def timed(hook: Callable[[], object] | None, cands: list[Candidate]) -> dict:
-            for c in cands:
-                c.times = {"forward": [], "train": []}
-                c.warmup = CONTEND_WARMUP if c.warmup > 1 else 1
-            _measure(cands, rounds, budget_s, hook=hook)
-            return {c.name: {k: statistics.median(v) for k, v in c.times.items()} for c in cands}
-
         cands = [fused_gru, _one_thread(fused_gru), lstm]
-        entry: dict = {"shape": vars(shape), "quiet_s": timed(None, cands), "loaded_s": {}}
+        entry: dict = {"shape": vars(shape), "quiet_s": _loaded_medians(cands, rounds, budget_s, None), "loaded_s": {}}
         for label, (n, hook) in loads.items():
             with _BusyProcesses(n):
-                entry["loaded_s"][label] = timed(hook, cands)
+                entry["loaded_s"][label] = _loaded_medians(cands, rounds, budget_s, hook)
         entry["slowdown"] = {
             label: {
                 name: {m: t[name][m] / entry["quiet_s"][name][m] for m in ("forward", "train")}
