@@ -425,7 +425,8 @@ def run_contention_benchmark(
         lstm = _module_candidate("torch.nn.LSTM", nn.LSTM(shape.input, shape.hidden), x)
 
         cands = [fused_gru, _one_thread(fused_gru), lstm]
-        entry: dict = {"shape": vars(shape), "quiet_s": _loaded_medians(cands, rounds, budget_s, None), "loaded_s": {}}
+        quiet = _loaded_medians(cands, rounds, budget_s, None)
+        entry: dict = {"shape": vars(shape), "quiet_s": quiet, "loaded_s": {}}
         for label, (n, hook) in loads.items():
             with _BusyProcesses(n):
                 entry["loaded_s"][label] = _loaded_medians(cands, rounds, budget_s, hook)
