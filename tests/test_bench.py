@@ -103,3 +103,15 @@ def test_peers_benchmark_times_each_peer_or_says_it_is_missing():
             assert entry["vs_fused_gru"][peer] > 0
     assert "| fused gru | forward |" in bench.format_peers_report(report)
     json.dumps(report)
+
+
+def test_step_benchmark_reports_every_candidate_and_variant():
+    report = bench.run_step_benchmark(
+        (8,), rounds=1, calls=2, variants=("gru", "mgu", "mingru"), log=lambda s: None
+    )
+    entry = report["hidden"]["8"]
+    assert {"grukit GRUCell", "grukit GRU.step", "torch.nn.GRUCell"} <= set(entry["median_us"])
+    assert set(entry["variants_us"]) == {"gru", "mgu", "mingru"}
+    assert all(t["grukit"] > 0 and t["torch.nn.GRUCell"] > 0 for t in entry["variants_us"].values())
+    text = bench.format_step_report(report)
+    assert "| mgu |" in text and "every variant's GRUCell" in text

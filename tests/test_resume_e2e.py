@@ -30,7 +30,7 @@ from grukit.train import Trainer
 
 pytestmark = pytest.mark.slow
 
-TIMING_KEYS = ("seconds", "seq_per_s")
+TIMING_KEYS = ("seconds", "seq_per_s", "elapsed_s")
 EPOCHS = 8
 
 WRAPPER = textwrap.dedent(

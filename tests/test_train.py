@@ -24,7 +24,7 @@ from grukit.tasks import load_task
 from grukit.train import RESUMABLE_KEYS, Trainer, evaluate, load_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TIMING_KEYS = ("seconds", "seq_per_s")  # the only per-epoch values that may vary
+TIMING_KEYS = ("seconds", "seq_per_s", "elapsed_s")  # the only per-epoch values that may vary
 
 
 def quiet(_: str) -> None:
@@ -187,6 +187,19 @@ def test_patience_zero_never_stops_early(tiny_pickle: Path, tmp_path: Path) -> N
     result = trainer.fit()
     assert result["epochs"] == 3 and result["stopped_by"] == "epochs"
     assert len(read_metrics(tmp_path / "run")) == 3
+
+
+def test_a_time_budget_stops_after_the_epoch_that_crosses_it(
+    tiny_pickle: Path, tmp_path: Path
+) -> None:
+    trainer, result = fit(tiny_pickle, tmp_path / "run", epochs=50, max_minutes=1e-9)
+    assert result["stopped_by"] == "time budget" and result["epochs"] == 1
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 1 and rows[0]["elapsed_s"] >= rows[0]["seconds"] > 0
+    resumed = Trainer.resume(tmp_path / "run", overrides={"max_minutes": 60.0}, log=quiet)
+    assert resumed.fit()["epochs"] > 1, "a larger budget on resume trains on"
+    later = read_metrics(tmp_path / "run")
+    assert later[1]["elapsed_s"] > later[0]["elapsed_s"], "the clock runs on over a resume"
 
 
 def test_early_stopping_counts_epochs_since_the_best(tiny_pickle: Path, tmp_path: Path) -> None:

@@ -492,12 +492,13 @@ def run_step_benchmark(
     rounds: int = 15,
     calls: int = 200,
     seed: int = 0,
+    variants: Sequence[str] = (),
     log: Callable[[str], object] = print,
 ) -> dict:
     """Microseconds per step at batch 1 (no grad) of grukit's GRUCell and GRU.step beside
     torch.nn.GRUCell and (when installed) onnxruntime's GRU operator; interleaved rounds of
     ``calls`` steps each (onnxruntime's after the others'), median over rounds; outputs checked
-    equal first."""
+    equal first. ``variants``: also each of these variants' GRUCell beside torch.nn.GRUCell."""
     if not fused.available():
         raise RuntimeError(f"the fused kernels are unavailable: {fused.unavailable_reason()}")
     try:
@@ -549,7 +550,42 @@ def run_step_benchmark(
                             times[name].append((time.perf_counter() - start) / calls)
         med = {k: statistics.median(v) * 1e6 for k, v in times.items()}
         report["hidden"][str(H)] = {"median_us": med}
+        if variants:
+            report["hidden"][str(H)]["variants_us"] = _time_variant_cells(
+                H, variants, ref, x, h, rounds=rounds, calls=calls
+            )
     return report
+
+
+def _time_variant_cells(
+    H: int,
+    variants: Sequence[str],
+    ref: nn.GRUCell,
+    x: torch.Tensor,
+    h: torch.Tensor,
+    *,
+    rounds: int,
+    calls: int,
+) -> dict[str, dict[str, float]]:
+    """Each variant's grukit GRUCell step (batch 1, no grad), interleaved with torch.nn.GRUCell
+    on the same input: ``{variant: {"grukit": us, "torch.nn.GRUCell": us}}``."""
+    out = {}
+    with torch.no_grad():
+        for variant in variants:
+            torch.manual_seed(0)
+            cell = grukit.GRUCell(STEP_INPUT, H, variant=variant)
+            times: dict[str, list[float]] = {"grukit": [], "torch.nn.GRUCell": []}
+            fns = {"grukit": functools.partial(cell, x, h),
+                   "torch.nn.GRUCell": functools.partial(ref, x, h)}  # fmt: skip
+            for r in range(rounds + 1):
+                for name, fn in fns.items():
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        fn()
+                    if r:
+                        times[name].append((time.perf_counter() - start) / calls)
+            out[variant] = {k: statistics.median(v) * 1e6 for k, v in times.items()}
+    return out
 
 
 def format_step_report(report: dict) -> str:
@@ -572,6 +608,22 @@ def format_step_report(report: dict) -> str:
             cells.append(f"{med[name]:.1f} ({med[name] / med['torch.nn.GRUCell']:.2f})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
+    variants = list(report["hidden"][hs[0]].get("variants_us", {}))
+    if variants:
+        lines += [
+            "### every variant's GRUCell, one step at batch 1: microseconds (ratio to "
+            "torch.nn.GRUCell timed beside it)",
+            "",
+            "| variant | " + " | ".join(f"H={h}" for h in hs) + " |",
+            "|---|" + "---:|" * len(hs),
+        ]
+        for v in variants:
+            cells = []
+            for h in hs:
+                t = report["hidden"][h]["variants_us"][v]
+                cells.append(f"{t['grukit']:.1f} ({t['grukit'] / t['torch.nn.GRUCell']:.2f})")
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -808,7 +860,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--step",
         action="store_true",
         help="time one step at batch 1 (GRUCell, GRU.step) beside torch.nn.GRUCell and "
-        "onnxruntime's GRU (with the bench extra) instead",
+        "onnxruntime's GRU (with the bench extra), and every variant's GRUCell, instead",
     )
     parser.add_argument(
         "--contend-onnxruntime",
@@ -838,7 +890,9 @@ def run(args: argparse.Namespace) -> int:
         )
         print(format_peers_report(report))
     elif args.step:
-        report = run_step_benchmark(rounds=args.rounds)
+        from grukit.variants import VARIANTS
+
+        report = run_step_benchmark(rounds=args.rounds, variants=tuple(VARIANTS))
         print(format_step_report(report))
     elif args.contend is not None:
         if args.contend < 0:

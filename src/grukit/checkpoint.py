@@ -43,7 +43,7 @@ import re
 import secrets
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -432,13 +432,16 @@ def save_checkpoint(
     scheduler: Any | None = None,
     meta: Mapping[str, Any] | None = None,
     rng: bool = True,
+    progress: Any = None,
 ) -> None:
     """Write a checkpoint folder at ``path``, replacing any previous one atomically.
 
     ``meta`` (config, epoch, metrics, ...) must hold JSON-like data; it is stored in
     ``meta.json`` with the reserved keys ``format``, ``format_version``, ``saved_at``,
     ``library_versions`` and ``files`` added. ``rng=True`` also stores the torch CPU,
-    ``random`` and numpy global RNG states (needed for an exact ``--resume``).
+    ``random`` and numpy global RNG states (needed for an exact ``--resume``). ``progress``
+    (tensors, numbers, lists, dicts) is what a task carries from one training batch to the next
+    (the character LM's hidden state and place in the text), in ``progress.{json,safetensors}``.
     """
     path = Path(path)
     meta = dict(meta or {})
@@ -454,6 +457,8 @@ def save_checkpoint(
         files.update(_state_files("scheduler", scheduler.state_dict()))
     if rng:
         files.update(_state_files("rng", _rng_state()))
+    if progress is not None:
+        files.update(_state_files("progress", progress))
     full_meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -688,13 +693,16 @@ def load_checkpoint(
     scheduler: Any | None = None,
     restore_rng: bool = False,
     map_location: str | torch.device = "cpu",
+    restore_progress: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """Verify checkpoint ``path`` and load it into the objects given; return its meta.
 
     Every file listed in ``meta.json`` is checked (size and sha256) before anything is
     modified. The model must match exactly (names and shapes). ``restore_rng`` restores the
-    torch CPU, ``random`` and numpy global RNG states. Raises CheckpointError naming the file
-    and the problem for anything missing, truncated, corrupt or incompatible.
+    torch CPU, ``random`` and numpy global RNG states; ``restore_progress`` is called with the
+    decoded ``progress`` state (None when the checkpoint holds none) after the rest loaded.
+    Raises CheckpointError naming the file and the problem for anything missing, truncated,
+    corrupt or incompatible.
     """
     folder = _resolve(path)
     meta = _read_meta_file(folder)
@@ -716,6 +724,9 @@ def load_checkpoint(
     opt_state = _load_state(folder, "optimizer", contents) if optimizer is not None else None
     sched_state = _load_state(folder, "scheduler", contents) if scheduler is not None else None
     rng_state = _load_state(folder, "rng", contents) if restore_rng else None
+    progress = None
+    if restore_progress is not None and "progress.json" in contents:
+        progress = _load_state(folder, "progress", contents)
     if optimizer is not None:
         _check_optimizer_state(folder / "optimizer.json", opt_state, optimizer)
     if scheduler is not None:
@@ -745,4 +756,9 @@ def load_checkpoint(
             ) from None
     if restore_rng:
         _restore_rng(folder, rng_state)
+    if restore_progress is not None:
+        try:
+            restore_progress(progress)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CheckpointError(f"{folder / 'progress.json'}: cannot restore it: {exc}") from None
     return meta

@@ -114,11 +114,56 @@ def _out_file(path: str | None, run: Path, default: str) -> Path:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from grukit.train import load_run
 
-    _positive_int("length", args.length, 100_000)
+    if args.length is not None:
+        _positive_int("length", args.length, 10_000_000)
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise ConfigError(f"--temperature must be a finite number > 0, got {args.temperature}")
-    if args.prime < 0:
-        raise ConfigError(f"--prime must be >= 0, got {args.prime}")
+    if args.top_k < 0:
+        raise ConfigError(f"--top-k must be >= 0, got {args.top_k}")
+    _, task, model = load_run(args.run, which=args.checkpoint, device=args.device)
+    if hasattr(task, "generate"):  # text: streamed to stdout as it comes
+        return _sample_text(task, model, args)
+    if not hasattr(task, "write_sample"):
+        raise ConfigError(
+            f"task {task.name!r} does not sample; `grukit sample` is for music and charlm"
+        )
+    return _sample_music(task, model, args)
+
+
+def _sample_text(task: Any, model: Any, args: argparse.Namespace) -> int:
+    import time
+
+    from grukit.tasks.charlm.task import stream_to_stdout
+
+    if args.out is not None:
+        raise ConfigError("--out is for music samples; a text sample prints to stdout")
+    length = 500 if args.length is None else args.length
+    start = time.perf_counter()
+    prime = args.prime or ""
+    if prime:
+        task.encode_prime(prime)  # characters outside the vocabulary fail before any output
+        stream_to_stdout(prime)
+    task.generate(
+        model, length, prime=prime, temperature=args.temperature, top_k=args.top_k,
+        seed=args.seed, on_text=stream_to_stdout,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    print()
+    print(f"({length} characters in {seconds:.2f} s, {length / seconds:.0f}/s)", file=sys.stderr)
+    return 0
+
+
+def _sample_music(task: Any, model: Any, args: argparse.Namespace) -> int:
+    try:
+        prime = int(args.prime) if args.prime is not None else 0
+    except ValueError:
+        raise ConfigError(
+            f"--prime for music is a number of frames of a test sequence, got {args.prime!r}"
+        ) from None
+    if prime < 0:
+        raise ConfigError(f"--prime must be >= 0, got {prime}")
+    if args.top_k:
+        raise ConfigError("--top-k is for text; music draws each key from its own Bernoulli")
     if args.out is not None:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
@@ -130,11 +175,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         from grukit.io import safe_child
 
         folder = safe_child(Path(args.run), "samples")
-    _, task, model = load_run(args.run, which=args.checkpoint, device=args.device)
-    if not hasattr(task, "write_sample"):
-        raise ConfigError(f"task {task.name!r} does not sample; `grukit sample` is for music")
+    length = 64 if args.length is None else args.length
     midi, png = task.write_sample(
-        model, folder, args.length, temperature=args.temperature, seed=args.seed, prime=args.prime
+        model, folder, length, temperature=args.temperature, seed=args.seed, prime=prime
     )
     print(f"wrote {midi} and {png}")
     return 0
@@ -239,15 +282,26 @@ def _run_command_parsers(sub: Any) -> None:
     p.add_argument("--data", default=None, help="evaluate on this data set instead of the run's")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("sample", help="generate from a trained music model (MIDI + PNG)")
+    p = sub.add_parser(
+        "sample",
+        help="generate from a trained model: music (MIDI + PNG) or text (printed as it comes)",
+    )
     run_args(p)
-    p.add_argument("--length", type=int, default=64, help="frames (quarter notes) to generate")
+    p.add_argument(
+        "--length", type=int, default=None,
+        help="frames (music, default 64) or characters (charlm, default 500) to generate",
+    )  # fmt: skip
     p.add_argument("--temperature", type=float, default=1.0, help="divides the logits (> 0)")
     p.add_argument(
-        "--prime", type=int, default=0, help="start from the first PRIME frames of a test sequence"
+        "--prime", default=None,
+        help="text to continue (charlm); music: start from the first PRIME frames of a test "
+        "sequence",
+    )  # fmt: skip
+    p.add_argument(
+        "--top-k", type=int, default=0, help="text: draw from the K most likely only (0: all)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for the files (default RUN/samples)")
+    p.add_argument("--out", default=None, help="music: folder for the files (default RUN/samples)")
 
     p = sub.add_parser("predict", help="classify every case of a data file (CSV of classes)")
     run_args(p)

@@ -10,7 +10,9 @@ bidirectional), and each head reads it in its own way:
   direction (forward: step ``T_i``; reverse: step 1) or a mean / max over valid steps, then a
   linear layer to class logits;
 * :class:`Forecaster`: the encoder's last state to ``horizon`` future values at once (direct
-  multi-horizon), or an autoregressive decoder that feeds each prediction back.
+  multi-horizon), or an autoregressive decoder that feeds each prediction back;
+* :class:`LanguageModel`: token ids -> embedding -> recurrent stack -> next-token logits at
+  every step, the read-out optionally tied to the embedding.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from grukit.rnn import GRU
 
-__all__ = ["Forecaster", "SequenceClassifier", "SequenceModel", "recurrent_stack"]
+__all__ = [
+    "Forecaster", "LanguageModel", "SequenceClassifier", "SequenceModel", "detach_state",
+    "recurrent_stack",
+]  # fmt: skip
 
 
 def _cell_kwargs(cell: Any) -> dict[str, Any]:
@@ -44,6 +49,15 @@ def recurrent_stack(input_size: int, model: Any, cell: Any = None) -> GRU:
         bidirectional=model.bidirectional, variant=model.variant, backend=model.backend,
         **_cell_kwargs(cell),
     )  # fmt: skip
+
+
+def detach_state(state: Any) -> Any:
+    """A recurrent state (a tensor, or an LSTM's ``(h, c)``) cut from its graph."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
 
 
 def _dropout_data(x: Tensor | PackedSequence, p: float, training: bool) -> Tensor | PackedSequence:
@@ -188,3 +202,47 @@ class Forecaster(nn.Module):
             outputs.append(y)
             out, state = self.rnn.step(y, state)
         return torch.stack(outputs, dim=1)
+
+
+class LanguageModel(nn.Module):
+    """``ids -> Embedding -> dropout -> recurrent stack -> dropout -> Linear``: next-token logits.
+
+    input: ``(L, N)`` int64 token ids (time-major) and an optional state; returns logits
+    ``(L, N, vocab_size)`` and the final state. With ``tie_weights`` the read-out's weight is the
+    embedding matrix (Press & Wolf 2017), which needs ``embedding_size == hidden_size``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_size: int,
+        model: Any,
+        *,
+        cell: Any = None,
+        tie_weights: bool = False,
+    ) -> None:
+        super().__init__()
+        if model.bidirectional:
+            raise ValueError("a language model reads the past only: bidirectional must be false")
+        if tie_weights and embedding_size != model.hidden_size:
+            raise ValueError(
+                f"tie_weights needs embedding_size == hidden_size, got {embedding_size} and "
+                f"{model.hidden_size}"
+            )
+        self.embedding = nn.Embedding(vocab_size, embedding_size)
+        self.rnn = recurrent_stack(embedding_size, model, cell)
+        self.head = nn.Linear(model.hidden_size, vocab_size)
+        if tie_weights:
+            self.head.weight = self.embedding.weight
+        self.input_dropout = model.input_dropout
+        self.output_dropout = model.output_dropout
+
+    def forward(self, ids: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        x = _dropout_data(self.embedding(ids), self.input_dropout, self.training)
+        out, state = self.rnn(x, state)
+        return self.head(_dropout_data(out, self.output_dropout, self.training)), state
+
+    def step(self, ids: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """One step for generation: ids ``(N,)`` -> logits ``(N, vocab_size)`` and the state."""
+        out, state = self.rnn.step(self.embedding(ids), state)
+        return self.head(out), state

@@ -155,6 +155,10 @@ class OptimConfig:
     batch_size: int = opt(8, "items (sequences, windows) per mini-batch")
     epochs: int = opt(120, "maximum number of epochs")
     patience: int = opt(20, "early stopping: epochs without validation progress (0 = off)")
+    max_minutes: float = opt(
+        0.0, "stop after the epoch that brings training and validation past this many "
+        "minutes of wall-clock time, over resumes (0 = no limit)",
+    )  # fmt: skip
 
     def validate(self) -> None:
         _check(
@@ -182,6 +186,10 @@ class OptimConfig:
                 f"optim.{name} must be a finite number >= 0, got {value}",
             )
         _check(0 <= self.ema < 1, f"optim.ema must be in [0, 1), got {self.ema}")
+        _check(
+            math.isfinite(self.max_minutes) and self.max_minutes >= 0,
+            f"optim.max_minutes must be a finite number >= 0, got {self.max_minutes}",
+        )
 
 
 @dataclass
@@ -211,7 +219,15 @@ SECTIONS: dict[str, type] = {
 
 #: Keys a resumed run may change; every other key must match the run's saved config.
 RESUMABLE_KEYS = frozenset(
-    {"optim.epochs", "optim.patience", "run.threads", "run.progress", "run.out", "run.device"}
+    {
+        "optim.epochs",
+        "optim.patience",
+        "optim.max_minutes",
+        "run.threads",
+        "run.progress",
+        "run.out",
+        "run.device",
+    }
 )
 
 

@@ -87,7 +87,7 @@ def _count_parameters(model: nn.Module) -> int:
 class _Progress:
     """A tqdm bar per epoch, or nothing."""
 
-    def __init__(self, enabled: bool, total: int, desc: str, unit: str) -> None:
+    def __init__(self, enabled: bool, total: int | None, desc: str, unit: str) -> None:
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
@@ -242,6 +242,7 @@ class Trainer:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             restore_rng=True,
+            restore_progress=self.task.restore_progress,
         )
         state = validate_trainer_meta(meta, f"{run}/checkpoints/last/meta.json")
         self.epoch = state["epoch"]
@@ -284,8 +285,12 @@ class Trainer:
         start = time.perf_counter()
         unit = self.task.unit
         bar = _Progress(
-            self.config.run.progress, self.task.size("train"), f"epoch {epoch}/{c.epochs}", unit
+            self.config.run.progress,
+            self.task.size("train") or None,
+            f"epoch {epoch}/{c.epochs}",
+            unit,
         )
+        self.task.start_epoch(epoch)
         try:
             batches = self.task.batches(
                 "train", c.batch_size, shuffle=True, generator=self._epoch_generator(epoch)
@@ -355,11 +360,22 @@ class Trainer:
                 f"{self.task.describe()}; run folder {self.run_dir}"
             )
         stopped = "epochs"
+        # wall-clock seconds of training and validation since the run began (over resumes)
+        clock = time.perf_counter() - (
+            self.history[-1].get("elapsed_s", 0.0) if self.history else 0.0
+        )
         while True:
             if c.optim.patience and self.since_best >= c.optim.patience:
                 stopped = "early stopping"
                 break
             if self.epoch >= c.optim.epochs:
+                break
+            if (
+                c.optim.max_minutes
+                and self.history
+                and (self.history[-1].get("elapsed_s", 0.0) >= 60 * c.optim.max_minutes)
+            ):
+                stopped = "time budget"
                 break
             epoch = self.epoch + 1
             row: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
@@ -382,6 +398,7 @@ class Trainer:
             else:
                 self.since_best += 1
             self.epoch = epoch
+            row["elapsed_s"] = time.perf_counter() - clock
             self.history.append(row)
             if improved:
                 self._save("best")
@@ -415,7 +432,8 @@ class Trainer:
             ),
         }
         for split in ("train", "valid", "test"):
-            result[split] = self.evaluate(split)
+            if self.task.size(split) or split == "train":  # a task may have no test split
+                result[split] = self.evaluate(split)
         reports: dict[str, str] = {}
         try:
             from grukit.plots import plot_curves
@@ -459,6 +477,7 @@ class Trainer:
             scheduler=self.scheduler if which == "last" else None,
             meta=meta,
             rng=which == "last",
+            progress=self.task.progress() if which == "last" else None,
         )
 
 

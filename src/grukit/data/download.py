@@ -1,13 +1,13 @@
 """Named downloadable data sets: where to download them, their sha256, and a checked cache.
 
 :data:`REGISTRY` holds the four polyphonic-music benchmarks, :data:`OTHER_DATASETS` the data
-of other tasks (``mnist``); :func:`fetch` accepts a name from either. It downloads a named data
-set once into the cache folder (``cache_dir``, else ``$GRUKIT_CACHE``, else ``~/.cache/grukit``),
-under ``<entry.folder>/<entry.filename>`` (``polyphonic/`` for the music files). It streams
-the file into a temporary file beside its destination, checks its sha256 and only then moves it
-into place with :func:`os.replace`, so the cache never holds a partial or unverified file. A
-cached file is checked again on every call (the files are at most about 11 MB) and downloaded
-afresh when its digest is wrong.
+of other tasks (``mnist``, ``tinyshakespeare``); :func:`fetch` accepts a name from either. It
+downloads a named data set once into the cache folder (``cache_dir``, else ``$GRUKIT_CACHE``,
+else ``~/.cache/grukit``), under ``<entry.folder>/<entry.filename>`` (``polyphonic/`` for the
+music files). It streams the file into a temporary file beside its destination, checks its
+sha256 and only then moves it into place with :func:`os.replace`, so the cache never holds a
+partial or unverified file. A cached file is checked again on every call (the files are at most
+about 11 MB) and downloaded afresh when its digest is wrong.
 
 Every failure raises :class:`~grukit.errors.DownloadError` with a one-sentence message.
 """
@@ -50,7 +50,7 @@ class DatasetEntry:
     name: str
     url: str
     sha256: str
-    format: str  # "mat", "pickle" or "npz"
+    format: str  # "mat", "pickle", "npz" or "text"
     filename: str
     split_sizes: tuple[int, ...] = ()  # number of sequences per split (train, valid, test)
     folder: str = "polyphonic"
@@ -107,6 +107,16 @@ OTHER_DATASETS: dict[str, DatasetEntry] = {
             "mnist.npz",
             (60000, 10000),  # train, test
             folder="mnist",
+        ),
+        DatasetEntry(
+            "tinyshakespeare",
+            "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"
+            "input.txt",
+            # 1,115,394 characters, 65 distinct (char-rnn's and nanoGPT's shakespeare_char)
+            "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+            "text",
+            "tinyshakespeare.txt",
+            folder="text",
         ),
     )
 }

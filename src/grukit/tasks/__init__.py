@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "music": "grukit.tasks.music.task:MusicTask",
     "classify": "grukit.tasks.classify.task:ClassifyTask",
     "forecast": "grukit.tasks.forecast.task:ForecastTask",
+    "charlm": "grukit.tasks.charlm.task:CharLMTask",
 }
 
 TASKS: tuple[str, ...] = tuple(REGISTRY)

@@ -16,7 +16,11 @@ subclass and one line in :data:`grukit.tasks.REGISTRY`. It declares:
 * its reports (:meth:`Task.report`: plots, samples, prediction files) and the unit its progress
   bar counts (``unit``);
 * ``defaults``: its preferred values of other sections' keys (``{"optim.ema": 0.0}``), applied
-  below a TOML file and the flags.
+  below a TOML file and the flags;
+* optionally, what it carries from one training batch to the next (:meth:`Task.progress`,
+  :meth:`Task.restore_progress`: the character LM's hidden state and its place in the text,
+  kept in ``checkpoints/last`` so that a resumed run continues exactly) and what changes with
+  the epoch (:meth:`Task.start_epoch`: a teacher-forcing schedule).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def opt(default: Any, help: str) -> Any:
 class TaskConfig:
     """The ``[task]`` section: which task, on which data; subclasses add the task's options."""
 
-    name: str = opt("music", "task: " + "music, classify, forecast")
+    name: str = opt("music", "task: " + "music, classify, forecast, charlm, seq2seq")
     data: str = opt("bach", "data set: a name the task knows, or a path")
 
     #: options that only shape reports, so a resumed run may change them
@@ -113,6 +117,19 @@ class Task(ABC):
         self, split: str, batch_size: int, *, shuffle: bool = False, generator: Any = None
     ) -> Iterator[Batch]:
         """Mini-batches of ``split``; with ``shuffle``, in an order drawn from ``generator``."""
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before training epoch ``epoch`` (1-based), also on resume."""
+        return None
+
+    def progress(self) -> Any:
+        """What training carries between batches and epochs (tensors, numbers, lists, dicts),
+        saved in ``checkpoints/last``; None when nothing is carried."""
+        return None
+
+    def restore_progress(self, state: Any) -> None:
+        """Take back what :meth:`progress` saved (None: the checkpoint holds nothing)."""
+        return None
 
     # ------------------------------------------------------------------ model and loss
 

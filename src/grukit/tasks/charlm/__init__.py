@@ -1,0 +1,1 @@
+"""The character (and byte) language model task."""
