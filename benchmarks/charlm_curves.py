@@ -47,13 +47,34 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
             "best_at_min": best_t, "minutes": curve[-1][0], **first}  # fmt: skip
 
 
+def windowed_valid(run: Path, context: int) -> float:
+    """Valid nats/char of ``run``'s best checkpoint, the state reset every ``context`` chars."""
+    from grukit.train import evaluate, load_run
+
+    _, task, model = load_run(run)
+    task.config.eval_context = context
+    return evaluate(task, model, "valid")["nats_per_char"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="PNG of the curves")
+    parser.add_argument(
+        "--context", type=int, default=0,
+        help="also score each run's best checkpoint on valid with the state reset every N "
+        "characters (nanoGPT's scoring: N = 256)",
+    )  # fmt: skip
     args = parser.parse_args()
     runs = [read_run(r) for r in args.runs]
     rows = [summarise(r) for r in runs]
+    if args.context:
+        for path, row in zip(args.runs, rows, strict=True):
+            row["windowed"] = windowed_valid(path, args.context)
+            print(
+                f"{row['label']}: valid nats/char {row['best']:.4f} with the state carried, "
+                f"{row['windowed']:.4f} with it reset every {args.context} characters"
+            )
 
     def minutes(v: float | None) -> str:
         return "never" if v is None else f"{v:.1f}"
@@ -62,8 +83,10 @@ def main() -> None:
           "under 1.55 at | minutes run |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['label']} | {r['parameters']} | {r['best']:.4f} | {r['best_at_min']:.1f} | "
-              f"{minutes(r['under_1.88'])} | {minutes(r['under_1.55'])} | {r['minutes']:.1f} |")
+        print(
+            f"| {r['label']} | {r['parameters']} | {r['best']:.4f} | {r['best_at_min']:.1f} | "
+            f"{minutes(r['under_1.88'])} | {minutes(r['under_1.55'])} | {r['minutes']:.1f} |"
+        )
     if args.out is None:
         return
     import matplotlib

@@ -208,6 +208,78 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    """Gate heatmaps (PNG) and per-unit statistics (JSON) of one case: grukit.inspect."""
+    from grukit.inspect import gate_panels, record, task_case
+    from grukit.io import atomic_write_json
+    from grukit.plots import plot_gates
+    from grukit.train import load_run
+    from grukit.variants import VARIANTS
+
+    if args.index < 0:
+        raise ConfigError(f"--index must be >= 0, got {args.index}")
+    run = Path(args.run)
+    config, task, model = load_run(run, which=args.checkpoint, device=args.device)
+    if config.model.variant not in VARIANTS:
+        raise ConfigError(
+            f"the run's variant {config.model.variant!r} is a baseline run by torch's own "
+            "module; `grukit inspect` records the gates of the GRU family only"
+        )
+    stem = f"inspect-{args.split}-{args.index}"
+    if args.out is None:
+        from grukit.io import safe_child
+
+        safe_child(run, "inspect").mkdir(exist_ok=True)
+        png, js = (_out_file(None, run, f"inspect/{stem}.{ext}") for ext in ("png", "json"))
+    else:
+        folder = Path(args.out)
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise ConfigError(f"--out {folder} is not a folder; give a folder for the files")
+        if not folder.exists():
+            if not folder.parent.is_dir():
+                raise ConfigError(f"--out {folder}: the folder {folder.parent} does not exist")
+            folder.mkdir()
+        png, js = (_out_file(str(folder / f"{stem}.{ext}"), run, "") for ext in ("png", "json"))
+    case = task_case(task, model, args.split, args.index)
+    rec = record(model.rnn, case.rnn_input)
+    stats = {"run": str(run), "checkpoint": args.checkpoint, "task": config.task.name,
+             "data": config.task.data, "split": args.split, "index": args.index,
+             "case": case.label, **rec.statistics()}  # fmt: skip
+    title = f"{config.model.variant}, {case.label}; units sorted by kept share (top: keeps most)"
+    plot_gates(png, gate_panels(rec), view_kind=case.view_kind, view=case.view, title=title)
+    atomic_write_json(js, stats)
+    if args.json:
+        print(json.dumps(stats))
+    print(f"wrote {png} and {js}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """The run's model as an ONNX file (grukit.export); never overwrites a file."""
+    from grukit.export import describe_io, to_onnx
+    from grukit.train import load_run
+
+    out = Path(args.onnx)
+    if out.exists() or out.is_symlink():
+        raise ConfigError(
+            f"{out} already exists; choose another --onnx (grukit never overwrites it)"
+        )
+    if not out.parent.is_dir():
+        raise ConfigError(f"--onnx {out}: the folder {out.parent} does not exist")
+    config, _, model = load_run(args.run, which=args.checkpoint, device="cpu")
+    options: dict[str, Any] = {} if args.opset is None else {"opset": args.opset}
+    if args.lengths:
+        options["lengths"] = True
+    exported = to_onnx(model, out, initial_state=args.state, **options)
+    print(
+        f"wrote {out}: {config.task.name} model, variant {config.model.variant}, "
+        f"opset {exported.opset_import[0].version}"
+    )
+    for line in describe_io(exported):
+        print(f"  {line}")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from grukit.compare import compare, format_table, parse_models
     from grukit.runconfig import overrides_from_namespace
@@ -314,6 +386,36 @@ def _run_command_parsers(sub: Any) -> None:
     p.add_argument("--horizon", type=int, required=True, help="steps to forecast")
     p.add_argument("--out", default=None, help="CSV file (default RUN/forecast.csv)")
 
+    p = sub.add_parser(
+        "inspect", help="gate heatmaps (PNG) and per-unit gate statistics (JSON) of one case"
+    )
+    run_args(p)
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--index", type=int, default=0, help="the case of the split (from 0)")
+    p.add_argument(
+        "--out", default=None, metavar="DIR",
+        help="folder for inspect-SPLIT-INDEX.png/.json (default RUN/inspect; files in DIR must "
+        "not exist yet)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="also print the statistics as JSON")
+
+    p = sub.add_parser("export", help="write a run's model as an ONNX file (for onnxruntime)")
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument(
+        "--onnx", required=True, metavar="FILE", help="the file to write (must not exist)"
+    )
+    p.add_argument(
+        "--opset", type=int, default=None, help="ONNX opset (default 17; layer norm needs 17+)"
+    )
+    p.add_argument(
+        "--lengths", action="store_true", help="add an int64 lengths (N,) input (variable lengths)"
+    )
+    p.add_argument(
+        "--state", action="store_true",
+        help="add an initial-state input h0 (and c0), e.g. to carry the state when streaming",
+    )  # fmt: skip
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -336,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample": _cmd_sample,
         "predict": _cmd_predict,
         "forecast": _cmd_forecast,
+        "export": _cmd_export,
+        "inspect": _cmd_inspect,
         "compare": _cmd_compare,
         "bench": bench.run,
     }

@@ -34,3 +34,8 @@ class TrainingError(GrukitError, RuntimeError):
 class ArgumentTypeError(GrukitError, TypeError, ValueError):
     """A constructor argument has the wrong type: a TypeError, as torch.nn.GRU raises, and a
     ValueError, as grukit raised before, so code that catches either keeps working."""
+
+
+class ExportError(GrukitError, ValueError):
+    """A model cannot be exported or converted (an unsupported module, variant, option or
+    opset), or the file to write already exists."""

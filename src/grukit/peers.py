@@ -35,37 +35,13 @@ __all__ = ["PEERS", "onnx_gru_model", "run_peers"]
 PEERS = {"onnxruntime": "forward", "openvino": "forward", "jax": "train"}
 
 
-def _zrn(w: np.ndarray) -> np.ndarray:
-    """torch's gate blocks r, z, n -> ONNX's z, r, h, with ONNX's leading direction axis."""
-    r, z, n = np.split(w, 3, axis=0)
-    return np.concatenate([z, r, n], axis=0)[None]
-
-
 def onnx_gru_model(weights: dict[str, np.ndarray], steps: int, batch: int) -> bytes:
     """An ONNX model of one torch-convention GRU layer: x (T, N, I), h0 (1, N, H) -> y (T, 1,
     N, H); ``weights`` holds ``weight_ih`` (3H, I), ``weight_hh`` (3H, H), ``bias_ih``,
-    ``bias_hh`` (3H) in torch's layout."""
-    import onnx
-    from onnx import TensorProto, helper
+    ``bias_hh`` (3H) in torch's layout (:func:`grukit.export.gru_operator_model`)."""
+    from grukit.export import gru_operator_model
 
-    H = weights["weight_hh"].shape[1]
-    I = weights["weight_ih"].shape[1]
-    w, r = _zrn(weights["weight_ih"]), _zrn(weights["weight_hh"])
-    b = np.concatenate([_zrn(weights["bias_ih"]), _zrn(weights["bias_hh"])], axis=1)
-    node = helper.make_node(
-        "GRU", ["x", "W", "R", "B", "", "h0"], ["y", "hn"], hidden_size=H, linear_before_reset=1
-    )
-    graph = helper.make_graph(
-        [node], "grukit_gru",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, batch, I]),
-         helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, batch, H])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps, 1, batch, H]),
-         helper.make_tensor_value_info("hn", TensorProto.FLOAT, [1, batch, H])],
-        [onnx.numpy_helper.from_array(a.astype(np.float32), name)
-         for a, name in ((w, "W"), (r, "R"), (b, "B"))],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    return model.SerializeToString()
+    return gru_operator_model(weights, steps, batch).SerializeToString()
 
 
 def _median_time(fn: Callable[[], object], rounds: int, warmup: int = 3) -> float:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "plot_gates"]
 
 
 def plot_curves(
@@ -65,6 +65,82 @@ def plot_curves(
         handles = (handles[0] + extra[0], handles[1] + extra[1])
     ax.legend(*handles)
     fig.tight_layout()
+    from io import BytesIO
+
+    buf = BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def plot_gates(
+    path: str | os.PathLike[str],
+    panels: Sequence[tuple[str, Any, float, float, str]],
+    *,
+    view_kind: str,
+    view: Any,
+    title: str = "",
+) -> None:
+    """Heatmaps of recorded gates over time under the input they read, written atomically.
+
+    panels: ``(label, values (H, T), vmin, vmax, colormap)``, one heatmap each, units on y
+    and steps on x. view: the input in its task's own form, drawn on top over the same steps:
+    ``view_kind`` ``"piano_roll"`` (``(T, 88)`` 0/1, MIDI 21-108), ``"features"`` (``(T, C)``
+    heatmap), ``"series"`` (``(T, C)`` lines) or ``"characters"`` (``T`` strings)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from grukit.io import atomic_write_bytes
+
+    T = len(view)
+    heights = [1.6 if view_kind != "characters" else 0.5]
+    heights += [max(1.0, min(3.0, 0.045 * np.asarray(p[1]).shape[0])) for p in panels]
+    fig, axes = plt.subplots(
+        len(heights), 1, sharex=True, height_ratios=heights, squeeze=False,
+        figsize=(min(18.0, 5.0 + T / 14), 0.9 + sum(heights)), dpi=90, layout="constrained",
+    )  # fmt: skip
+    axes = axes[:, 0]
+    top = axes[0]
+    extent_x = (-0.5, T - 0.5)
+    if view_kind == "piano_roll":
+        roll = np.asarray(view) > 0
+        used = np.flatnonzero(roll.any(axis=0))
+        lo, hi = (max(0, used[0] - 2), min(87, used[-1] + 2)) if len(used) else (0, 87)
+        top.imshow(roll[:, lo : hi + 1].T, aspect="auto", origin="lower", cmap="Greys",
+                   interpolation="nearest", extent=(*extent_x, lo + 20.5, hi + 21.5))  # fmt: skip
+        top.set_ylabel("MIDI pitch")
+    elif view_kind == "features":
+        feats = np.asarray(view, dtype=float)
+        top.imshow(feats.T, aspect="auto", origin="lower", cmap="coolwarm",
+                   interpolation="nearest",
+                   extent=(*extent_x, -0.5, feats.shape[1] - 0.5))  # fmt: skip
+        top.set_ylabel("feature")
+    elif view_kind == "series":
+        series = np.asarray(view, dtype=float).reshape(T, -1)
+        top.plot(np.arange(T), series, linewidth=1)
+        top.set_ylabel("input (scaled)")
+    elif view_kind == "characters":
+        top.set_ylim(0, 1)
+        top.set_yticks([])
+        size = max(4.0, min(9.0, 900 / max(T, 1)))
+        for t, ch in enumerate(view):
+            shown = {"\n": "\u23ce", " ": "\u00b7", "\t": "\u21e5"}.get(ch, ch)
+            top.text(t, 0.5, shown, ha="center", va="center", fontsize=size, family="monospace")
+    else:
+        raise ValueError(f"plot_gates: unknown view_kind {view_kind!r}")
+    top.set_title(title, fontsize=10, loc="left")
+    for ax, (label, values, vmin, vmax, cmap) in zip(axes[1:], panels, strict=True):
+        values = np.asarray(values, dtype=float)
+        image = ax.imshow(values, aspect="auto", origin="upper", cmap=cmap, vmin=vmin,
+                          vmax=vmax, interpolation="nearest",
+                          extent=(*extent_x, values.shape[0] - 0.5, -0.5))  # fmt: skip
+        ax.set_ylabel(label, fontsize=9)
+        fig.colorbar(image, cax=ax.inset_axes((1.005, 0.0, 0.008, 1.0)))  # keeps ax's width
+    axes[-1].set_xlabel("time step")
+    axes[-1].set_xlim(*extent_x)
     from io import BytesIO
 
     buf = BytesIO()

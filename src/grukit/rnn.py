@@ -649,6 +649,55 @@ class GRU(_InCellOptions, nn.Module):
             plans.append(plan)
         return plans
 
+    # ------------------------------------------------------------------ torch interop
+
+    def to_torch(self) -> nn.GRU:
+        """A ``torch.nn.GRU`` with this module's weights and settings (``variant="gru"``, no
+        in-cell options: the only cell torch computes), on the same device and dtype."""
+        from grukit.errors import ExportError
+
+        owner = type(self).__name__
+        if self.variant != "gru":
+            raise ExportError(
+                f"{owner}.to_torch: torch.nn.GRU computes variant 'gru' only, not {self.variant!r}"
+            )
+        if self.cell_options.any:
+            raise ExportError(
+                f"{owner}.to_torch: torch.nn.GRU has no in-cell options; this module has"
+                f"{_options_repr(self.cell_options)[1:]}"
+            )
+        ref = self.weight_ih_l0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the one-layer dropout warning was given at build
+            module = nn.GRU(
+                self.input_size, self.hidden_size, self.num_layers, bias=self.bias,
+                batch_first=self.batch_first, dropout=self.dropout,
+                bidirectional=self.bidirectional, device=ref.device, dtype=ref.dtype,
+            )  # fmt: skip
+        module.load_state_dict(self.state_dict())
+        return module.train(self.training)
+
+    @classmethod
+    def from_torch(cls, module: nn.GRU, *, backend: str = "auto") -> GRU:
+        """A grukit ``GRU`` (``variant="gru"``, no in-cell options) with the weights and
+        settings of ``module``, a ``torch.nn.GRU``, on its device and dtype."""
+        from grukit.errors import ExportError
+
+        if not isinstance(module, nn.GRU):
+            raise ExportError(
+                f"{cls.__name__}.from_torch: expected a torch.nn.GRU, got {type(module).__name__}"
+            )
+        ref = module.weight_ih_l0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warned about one-layer dropout already
+            gru = cls(
+                module.input_size, module.hidden_size, module.num_layers, module.bias,
+                module.batch_first, module.dropout, module.bidirectional, device=ref.device,
+                dtype=ref.dtype, backend=backend,
+            )  # fmt: skip
+        gru.load_state_dict(module.state_dict())
+        return gru.train(module.training)
+
 
 class GRUCell(_InCellOptions, nn.Module):
     r"""One step of any grukit variant; a drop-in for ``torch.nn.GRUCell``.

@@ -179,6 +179,10 @@ class ClassifyTask(Task):
     def size(self, split: str) -> int:
         return len(self._x[split])
 
+    def case(self, split: str, index: int) -> tuple[Tensor, int]:
+        """Case ``index`` of ``split`` (data set order): scaled features ``(T, C)``, class."""
+        return self._x[split][index], int(self._y[split][index])
+
     def build_model(self, model: Any, cell: Any = None) -> nn.Module:
         return SequenceClassifier(
             self.channels, len(self.classes), model, self.config.pooling, cell=cell

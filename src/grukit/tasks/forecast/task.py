@@ -215,6 +215,11 @@ class ForecastTask(Task):
             items=len(origins),
         )
 
+    def window(self, split: str, index: int) -> Tensor:
+        """The input window ``(W, targets + covariates)`` (scaled) of ``split``'s origin
+        ``index``: what the model reads to forecast from that origin."""
+        return self._batch(self.origins[split][index : index + 1]).inputs[:, 0]
+
     def batches(
         self, split: str, batch_size: int, *, shuffle: bool = False, generator: Any = None
     ) -> Iterator[ForecastBatch]:
