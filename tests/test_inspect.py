@@ -332,3 +332,28 @@ def test_inspect_json_prints_parseable_json_and_refuses_to_overwrite(
     status, _, err = call("inspect", tiny_run, "--index", 99)
     assert status == 2
     assert_one_line_error(err, "inspect", "--index must be in [0, 3]")
+
+
+def test_the_recording_is_indexed_by_layer_then_direction_then_name() -> None:
+    """The spelling scripts rely on: ``record(m, x)[layer]["forward"]["z"]``, batch-first if
+    the module is."""
+    torch.manual_seed(0)
+    for batch_first in (False, True):
+        gru = grukit.GRU(3, 4, num_layers=2, bidirectional=True, batch_first=batch_first)
+        gru = gru.double()
+        x = torch.randn(2, 5, 3, dtype=torch.float64)  # (T=2, N=5) or (N=2, T=5)
+        rec = gi.record(gru, x)
+        assert len(rec) == 2 and len(list(rec)) == 2
+        entry = rec[1]
+        assert set(entry) == {"forward", "reverse"} and set(entry["forward"]) == {
+            "r",
+            "z",
+            "n",
+            "h",
+        }
+        assert entry["reverse"]["z"].shape == (2, 5, 4)
+        out, _ = gru(x)
+        torch.testing.assert_close(entry["forward"]["h"], out[..., :4], rtol=1e-10, atol=1e-10)
+        assert torch.equal(rec[-1]["forward"]["h"], entry["forward"]["h"])
+        with pytest.raises(IndexError):
+            rec[2]

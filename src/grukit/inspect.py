@@ -148,7 +148,11 @@ class LayerRecord:
 class Recording:
     """The gates of one forward call: ``layers[layer * D + direction]`` and each sequence's
     length ``lengths`` ``(N,)``; ``max_abs_diff`` is the largest difference between the
-    recomputed and the module's states, ``backend`` the one the module ran."""
+    recomputed and the module's states, ``backend`` the one the module ran.
+
+    As a sequence it has one entry per layer: ``recording[l]["forward"]["z"]`` (``"reverse"``
+    too when bidirectional) is a ``(T, N, H)`` tensor, ``(N, T, H)`` if the module is
+    batch-first; the names are the variant's gates, ``"n"`` and ``"h"``."""
 
     variant: str
     layers: tuple[LayerRecord, ...]
@@ -156,9 +160,26 @@ class Recording:
     directions: int
     max_abs_diff: float
     backend: str | None
+    batch_first: bool = False
 
     def layer(self, layer: int, direction: int = 0) -> LayerRecord:
         return self.layers[layer * self.directions + direction]
+
+    def __len__(self) -> int:
+        return len(self.layers) // self.directions
+
+    def __getitem__(self, layer: int) -> dict[str, dict[str, Tensor]]:
+        if not -len(self) <= layer < len(self):
+            raise IndexError(f"layer {layer} out of range for {len(self)} layer(s)")
+        layer %= len(self)
+        out = {}
+        for d, name in enumerate(("forward", "reverse")[: self.directions]):
+            values = self.layer(layer, d).values
+            out[name] = {k: v.transpose(0, 1) if self.batch_first else v for k, v in values.items()}
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, dict[str, Tensor]]]:
+        return (self[i] for i in range(len(self)))
 
     def statistics(self) -> dict[str, Any]:
         """Per layer-direction, the per-unit statistics of :func:`unit_statistics` and a summary
@@ -374,7 +395,9 @@ def _record_call(
         )  # fmt: skip
         for layer, direction, values, kept in layers
     )
-    return Recording(module.variant, records, lengths, D, diff, module.last_backend)
+    return Recording(
+        module.variant, records, lengths, D, diff, module.last_backend, module.batch_first
+    )
 
 
 class Recorder:
