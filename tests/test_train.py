@@ -483,3 +483,25 @@ def test_ema_and_weight_noise_train_and_evaluate_the_average(
     assert same_tensors(parameters(best), parameters(trainer.averaged))
     assert evaluate(task, best, "test")["nll"] == result["test"]["nll"]
     assert evaluate(task, trainer.model, "test")["nll"] != result["test"]["nll"]
+
+
+def test_on_epoch_sees_every_row_and_may_end_the_run(tiny_pickle: Path, tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
+    class StopError(Exception):
+        pass
+
+    def watch(row: dict[str, Any]) -> None:
+        seen.append(row)
+        if row["epoch"] == 2:
+            raise StopError
+
+    trainer = Trainer(make_config(tiny_pickle, tmp_path / "run", epochs=5), log=quiet,
+                      on_epoch=watch)  # fmt: skip
+    with pytest.raises(StopError):
+        trainer.fit()
+    assert [r["epoch"] for r in seen] == [1, 2] and "valid_nll" in seen[0]
+    assert len(read_metrics(tmp_path / "run")) == 2, "the epoch that stopped it is saved"
+    resumed = Trainer.resume(tmp_path / "run", log=quiet, on_epoch=seen.append)
+    resumed.fit()
+    assert [r["epoch"] for r in seen][2:] == [3, 4, 5]

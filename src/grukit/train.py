@@ -118,11 +118,15 @@ class Trainer:
         *,
         task: Task | None = None,
         log: Callable[[str], object] = print,
+        on_epoch: Callable[[dict[str, Any]], object] | None = None,
         _resuming: bool = False,
     ) -> None:
         config = copy.deepcopy(config)  # the caller's object is never changed
         self.config = config
         self.log = log
+        #: called with each epoch's metrics row once it is saved (an exception it raises, such
+        #: as Optuna's TrialPruned, ends the run there with the epoch's checkpoints on disk)
+        self.on_epoch = on_epoch
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         if not config.run.out:
@@ -183,6 +187,7 @@ class Trainer:
         *,
         overrides: Mapping[str, Any] | None = None,
         log: Callable[[str], object] = print,
+        on_epoch: Callable[[dict[str, Any]], object] | None = None,
     ) -> Trainer:
         """Continue the run in ``run_dir`` from its last checkpoint.
 
@@ -228,7 +233,7 @@ class Trainer:
         task = load_task(
             config.task, progress=config.run.progress, state=meta.get("task_state") or {}
         )
-        trainer = cls(config, task=task, log=log, _resuming=True)
+        trainer = cls(config, task=task, log=log, on_epoch=on_epoch, _resuming=True)
         trainer._restore()
         return trainer
 
@@ -409,6 +414,8 @@ class Trainer:
                 f"{valid:.4f}{'  *' if improved else ''}  {row['seconds']:.2f}s "
                 f"({row[f'{self.task.unit}_per_s']:.0f} {self.task.unit}/s)"
             )
+            if self.on_epoch is not None:
+                self.on_epoch(row)
         return self._finish(stopped)
 
     def _finish(self, stopped: str) -> dict[str, Any]:
