@@ -48,6 +48,12 @@ def check_backend(backend: object, variant: str, owner: str) -> str:
             f"{owner}: backend='scan' is minGRU's parallel scan; variant {variant!r} is "
             "recurrent in h and needs 'auto', 'fused' or 'reference'"
         )
+    if backend in ("auto", "fused") and variant not in BASELINES:
+        # build or load the kernels now, in eager Python: a first forward pass inside
+        # torch.compile could not (a lock and a compiler call cannot be traced)
+        from grukit import fused
+
+        fused.unavailable_reason()
     return backend
 
 

@@ -118,6 +118,31 @@ def _build() -> None:
     )
 
 
+def _register_fakes() -> None:
+    """Shape-only versions of the kernels, so that torch.compile and torch.export trace a
+    layer without running it: ``rnn_forward`` -> ``out (R, H)``, ``h_n (N, H)``, the workspace
+    ``(R, width)`` (``(0,)`` when not saved); ``rnn_backward`` -> a gradient shaped as each
+    input it was asked for, ``(0,)`` for the others."""
+
+    @torch.library.register_fake("grukit::rnn_forward")
+    def _(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, spec, reverse, save, recurrent=None,
+          candidate=None, zoneout=None, ln_ih=None, ln_hh=None):  # fmt: skip
+        R, H = x.shape[0], h0.shape[1]
+        width = int(torch.ops.grukit.workspace_width(spec, H, recurrent is not None,
+                                                     ln_ih is not None))  # fmt: skip
+        ws = x.new_empty((R, width)) if save else x.new_empty((0,))
+        return x.new_empty((R, H)), h0.new_empty(h0.shape), ws
+
+    @torch.library.register_fake("grukit::rnn_backward")
+    def _(grad_out, grad_hn, x, h0, w_ih, w_hh, b_ih, b_hh, ws, batch_sizes, spec, reverse,
+          needs, recurrent=None, candidate=None, zoneout=None, ln_ih=None, ln_hh=None):  # fmt: skip
+        inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh)
+        return [
+            x.new_empty(t.shape) if n and t is not None else x.new_empty((0,))
+            for t, n in zip(inputs, needs, strict=True)
+        ]
+
+
 def unavailable_reason() -> str | None:
     """Why the fused kernels cannot be used in this process (None when they can).
 
@@ -133,6 +158,7 @@ def unavailable_reason() -> str | None:
             else:
                 try:
                     _build()
+                    _register_fakes()
                 except Exception as exc:  # compiler missing or failing: fall back, loudly
                     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                     reason = f"they could not be built ({type(exc).__name__}: {first_line[:300]})"
@@ -282,7 +308,7 @@ def fused_layer(
     :func:`grukit.reference.reference_layer` (CPU, float32/float64)."""
     if isinstance(batch_sizes, Tensor):
         bs = batch_sizes
-    elif len(batch_sizes) <= 4:
+    elif len(batch_sizes) <= 4 and not torch.compiler.is_compiling():
         bs = _batch_sizes_tensor(tuple(int(n) for n in batch_sizes))
     else:
         bs = torch.tensor(list(batch_sizes), dtype=torch.long)

@@ -697,6 +697,12 @@ void gemm_floor(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih
 
 int64_t call_count() { return g_calls.load(); }
 
+// Columns per packed row of the workspace rnn_forward saves for a layer of H units (what a
+// fake tensor of it needs: torch.compile traces the ops without running them).
+int64_t workspace_width(at::IntArrayRef spec, int64_t H, bool recurrent_mask, bool layer_norm) {
+  return make_layout(spec, H, recurrent_mask, layer_norm).ws_stride();
+}
+
 void set_profiling(bool on) {
   for (auto& ns : g_phase_ns) ns.store(0);
   g_profiling.store(on);
@@ -752,6 +758,7 @@ TORCH_LIBRARY(grukit, m) {
       "gemm_floor(Tensor x, Tensor h, Tensor w_ih, Tensor w_hh, Tensor hs, Tensor dA, "
       "bool backward) -> ()");
   m.def("call_count", &grukit::call_count);
+  m.def("workspace_width", &grukit::workspace_width);
   m.def("set_profiling", &grukit::set_profiling);
   m.def("profile", &grukit::profile);
   m.def("uses_blas", &grukit::uses_blas);
