@@ -35,7 +35,12 @@ def read_run(run: Path) -> dict[str, Any]:
     final = run / "final.json"
     params = json.loads(final.read_text())["parameters"] if final.is_file() else None
     curve = [(r["elapsed_s"] / 60, r["valid_nats_per_char"]) for r in rows if "elapsed_s" in r]
-    return {"run": str(run), "label": label, "parameters": params, "curve": curve}
+    # characters trained: each epoch reads steps_per_epoch chunks of bptt steps in batch streams
+    task, optim = config["task"], config["optim"]
+    per_epoch = task["steps_per_epoch"] * task["bptt"] * optim["batch_size"]
+    chars = [(r["epoch"] * per_epoch / 1e6, r["valid_nats_per_char"]) for r in rows]
+    return {"run": str(run), "label": label, "parameters": params, "curve": curve,
+            "chars": chars}  # fmt: skip
 
 
 def summarise(run: dict[str, Any]) -> dict[str, Any]:
@@ -45,6 +50,18 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
     first = {f"under_{t}": next((m for m, v in curve if v < t), None) for t in THRESHOLDS}
     return {"label": run["label"], "parameters": run["parameters"], "best": best,
             "best_at_min": best_t, "minutes": curve[-1][0], **first}  # fmt: skip
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "CPU"
 
 
 def windowed_valid(run: Path, context: int) -> float:
@@ -94,19 +111,26 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for run in runs:
-        xs, ys = zip(*run["curve"], strict=True)
-        ax.plot(xs, ys, marker=".", label=f"{run['label']} ({run['parameters']:,} parameters)")
-    for value, text in REFERENCES:
-        ax.axhline(value, color="grey", linestyle=":", linewidth=1)
-        ax.text(ax.get_xlim()[1], value, f" {text}", va="center", fontsize=7, color="grey")
-    ax.set_xlabel("wall-clock minutes (training + validation)")
-    ax.set_ylabel("validation nats per character")
-    ax.set_ylim(1.35, 2.2)
-    ax.set_title("Tiny Shakespeare, nanoGPT's split, 2-core CPU")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    for ax, key, xlabel in (
+        (axes[0], "curve", "wall-clock minutes (training + validation)"),
+        (axes[1], "chars", "millions of characters trained"),
+    ):
+        for run in runs:
+            if not run[key]:
+                continue
+            xs, ys = zip(*run[key], strict=True)
+            ax.plot(xs, ys, marker=".", label=f"{run['label']} ({run['parameters']:,} parameters)")
+        for value, text in REFERENCES:
+            ax.axhline(value, color="grey", linestyle=":", linewidth=1)
+            if ax is axes[1]:
+                ax.text(ax.get_xlim()[1], value, f" {text}", va="center", fontsize=7, color="grey")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation nats per character")
+    axes[0].set_ylim(1.35, 2.2)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Tiny Shakespeare, nanoGPT's split, {_cpu()}", fontsize=10)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120, bbox_inches="tight")
