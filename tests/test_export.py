@@ -467,3 +467,42 @@ def test_export_command_with_lengths_and_state_inputs(ort, music_run, tmp_path, 
     lengths = torch.full((N,), T, dtype=torch.int64)
     got = run_onnx(ort, onnx.load(path), input=x, lengths=lengths, h0=h0)
     assert_close(got["logits"], logits, "logits")
+
+
+@pytest.mark.parametrize("variant", ["gru", "mgu", "lstm"])
+def test_an_example_input_chooses_the_inputs_and_checks_the_graph(ort, variant, tmp_path):
+    """The issue's spelling ``to_onnx(module, path, example_input)``."""
+    from torch.nn.utils.rnn import pack_sequence
+
+    from grukit.export import to_onnx
+
+    torch.manual_seed(0)
+    gru = grukit.GRU(3, 4, num_layers=2, variant=variant, batch_first=True)
+    x = torch.randn(2, 5, 3)
+    model = to_onnx(gru, tmp_path / "plain.onnx", x)
+    assert [i.name for i in model.graph.input] == ["input"]
+    h0 = torch.randn(2, 2, 4)
+    state = (h0, torch.randn(2, 2, 4)) if variant == "lstm" else h0
+    model = to_onnx(gru, tmp_path / "state.onnx", (x, state))
+    assert "h0" in [i.name for i in model.graph.input]
+    packed = pack_sequence([torch.randn(5, 3), torch.randn(2, 3)])
+    model = to_onnx(gru, tmp_path / "packed.onnx", packed)
+    assert "lengths" in [i.name for i in model.graph.input]
+
+
+def test_an_example_input_catches_a_wrong_graph(ort, monkeypatch, tmp_path):
+    from grukit import export
+    from grukit.errors import ExportError
+
+    gru = grukit.GRU(3, 4)
+    real = export._check_on_example
+
+    def skewed(model, module, example):  # the module disagrees with its graph
+        with torch.no_grad():
+            module.weight_hh_l0.add_(0.5)
+        real(model, module, example)
+
+    monkeypatch.setattr(export, "_check_on_example", skewed)
+    with pytest.raises(ExportError, match="differs from the module's"):
+        export.to_onnx(gru, tmp_path / "bad.onnx", torch.randn(4, 2, 3))
+    assert not (tmp_path / "bad.onnx").exists(), "nothing is written"

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from grukit.cell_options import LAYER_NORM_EPS
 from grukit.errors import ExportError
@@ -718,6 +719,7 @@ def _write_new_file(path: Path, data: bytes, overwrite: bool) -> None:
 def to_onnx(
     module: nn.Module,
     path: str | os.PathLike[str] | None = None,
+    example_input: Any = None,
     *,
     opset: int = DEFAULT_OPSET,
     lengths: bool | None = None,
@@ -742,6 +744,11 @@ def to_onnx(
     ``(L*D, N, H)``, else the state starts at zeros. opset: ``MIN_OPSET`` to the onnx
     package's newest (layer norm needs 17). Refuses with :class:`grukit.errors.ExportError` what
     it cannot export, and an existing ``path`` unless ``overwrite``.
+
+    example_input: what the module takes, ``x``, ``(x, h0)`` or a PackedSequence. Where
+    ``lengths`` / ``initial_state`` are not given, a PackedSequence adds ``lengths`` and a state
+    adds ``h0``; when onnxruntime is installed, the graph is run on the example and must give
+    the module's outputs (within 1e-4), else nothing is written and ExportError says by how much.
     """
     onnx = _require_onnx()
     opset = _check_opset(opset, onnx)
@@ -749,6 +756,12 @@ def to_onnx(
         from grukit.rnn import GRU
 
         module = GRU.from_torch(module)
+    if example_input is not None:
+        packed = isinstance(example_input, PackedSequence)
+        if lengths is None and packed:
+            lengths = True
+        if isinstance(example_input, tuple) and not packed and len(example_input) == 2:
+            initial_state = True
     build, rnn, default_lengths = _exporter(module)
     if rnn.cell_options.layer_norm and opset < 17:
         raise ExportError(
@@ -767,9 +780,64 @@ def to_onnx(
     )  # fmt: skip
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
     onnx.checker.check_model(model)
+    if example_input is not None:
+        _check_on_example(model, module, example_input)
     if path is not None:
         _write_new_file(Path(path), model.SerializeToString(), overwrite)
     return model
+
+
+def _check_on_example(model: onnx.ModelProto, module: nn.Module, example: Any) -> None:
+    """Run ``model`` in onnxruntime on ``example`` (when it is installed) against ``module``."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    from torch.nn.utils.rnn import pad_packed_sequence
+
+    state = None
+    if isinstance(example, tuple) and not isinstance(example, PackedSequence):
+        example, state = example
+    batch_first = bool(getattr(module, "batch_first", False))
+    names = [i.name for i in model.graph.input]
+    with torch.no_grad():
+        was_training = module.training
+        module.eval()
+        try:
+            want = module(example) if state is None else module(example, state)
+        finally:
+            module.train(was_training)
+        if isinstance(example, PackedSequence):
+            x, n = pad_packed_sequence(example, batch_first=batch_first)
+        else:
+            x = example
+            n = torch.full((x.shape[0 if batch_first else 1],), x.shape[1 if batch_first else 0])
+    feed = {names[0]: x.numpy() if x.dtype == torch.int64 else x.float().numpy()}
+    if "lengths" in names:
+        feed["lengths"] = n.to(torch.int64).numpy()
+    if "h0" in names:
+        h0 = state[0] if isinstance(state, tuple) else state
+        feed["h0"] = (torch.zeros(0) if h0 is None else h0).float().numpy()
+    if "c0" in names and isinstance(state, tuple):
+        feed["c0"] = state[1].float().numpy()
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    got = session.run(None, feed)
+    wanted = list(want) if isinstance(want, tuple) else [want]
+    for i, (g, w) in enumerate(zip(got, wanted, strict=False)):
+        if isinstance(w, PackedSequence):
+            w = pad_packed_sequence(w, batch_first=batch_first)[0]
+        elif isinstance(w, tuple):  # an LSTM's (h_n, c_n)
+            w = w[0]
+        w = w.float().numpy()
+        worst = float(np.abs(g - w).max()) if g.shape == w.shape else float("inf")
+        if not worst <= 1e-4:
+            raise ExportError(
+                f"to_onnx: on the example input, the graph's {model.graph.output[i].name} "
+                f"differs from the module's by {worst:.3g} (shapes {g.shape} and {w.shape}); "
+                "nothing was written"
+            )
 
 
 def describe_io(model: onnx.ModelProto) -> list[str]:
