@@ -434,3 +434,40 @@ def test_grucell_reads_bias_as_torch_does():
         ref = torch.nn.GRUCell(4, 5, bias=bias)
         cell = grukit.GRUCell(4, 5, bias=bias)
         assert [n for n, _ in cell.named_parameters()] == [n for n, _ in ref.named_parameters()]
+
+
+# ---------------------------------------------------------------------------- torch's classes
+
+_CASES = {
+    "feature size": (lambda m: m(torch.randn(3, 2, 5)), "gru"),
+    "h0 hidden size": (lambda m: m(torch.randn(3, 2, 4), torch.randn(1, 2, 7)), "gru"),
+    "h0 batch": (lambda m: m(torch.randn(3, 2, 4), torch.randn(1, 3, 6)), "gru"),
+    "h0 rank, unbatched": (lambda m: m(torch.randn(3, 4), torch.randn(1, 1, 6)), "gru"),
+    "h0 rank, batched": (lambda m: m(torch.randn(3, 2, 4), torch.randn(2, 6)), "gru"),
+    "input rank": (lambda m: m(torch.randn(1, 3, 2, 4)), "gru"),
+    "dtype": (lambda m: m(torch.randn(3, 2, 4, dtype=torch.float64)), "gru"),
+    "cell feature size": (lambda m: m(torch.randn(2, 5)), "cell"),
+    "cell no broadcasting": (lambda m: m(torch.randn(3, 4), torch.randn(1, 6)), "cell"),
+    "cell input rank": (lambda m: m(torch.randn(1, 2, 4)), "cell"),
+    "cell dtype": (lambda m: m(torch.randn(3, 4, dtype=torch.float64)), "cell"),
+}
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+def test_a_bad_call_raises_the_class_torch_raises(case: str) -> None:
+    """Code written against torch.nn.GRU catches the same exception class from grukit."""
+    call, kind = _CASES[case]
+    ours = grukit.GRU(4, 6) if kind == "gru" else grukit.GRUCell(4, 6)
+    theirs = torch.nn.GRU(4, 6) if kind == "gru" else torch.nn.GRUCell(4, 6)
+    with pytest.raises(Exception) as torch_error:
+        call(theirs)
+    with pytest.raises(type(torch_error.value)):
+        call(ours)
+
+
+def test_proj_size_is_refused_as_torch_refuses_it() -> None:
+    with pytest.raises(ValueError, match="proj_size"):
+        torch.nn.GRU(4, 6, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size"):
+        grukit.GRU(4, 6, proj_size=2)
+    assert grukit.GRU(4, 6, proj_size=0).hidden_size == 6

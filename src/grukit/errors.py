@@ -39,3 +39,13 @@ class ArgumentTypeError(GrukitError, TypeError, ValueError):
 class ExportError(GrukitError, ValueError):
     """A model cannot be exported or converted (an unsupported module, variant, option or
     opset), or the file to write already exists."""
+
+
+class InputError(GrukitError, ValueError, RuntimeError):
+    """An input or state has the wrong shape, or is on the wrong device: a RuntimeError, as
+    torch.nn.GRU raises, and a ValueError, as grukit raised before."""
+
+
+class InputTypeError(GrukitError, TypeError, ValueError, RuntimeError):
+    """An input or state has the wrong type or dtype: a TypeError, as grukit raised before, and
+    what torch raises for it (a ValueError from torch.nn.GRU, a RuntimeError from GRUCell)."""

@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from grukit.backends import check_backend, layer_function, resolve_backend
 from grukit.cell_options import CellExtras, CellOptions, LayerMasks, check_masks, draw_masks
-from grukit.errors import ArgumentTypeError
+from grukit.errors import ArgumentTypeError, InputError, InputTypeError
 from grukit.reference import LayerWeights
 from grukit.variants import BASELINE_BLOCKS, BASELINES, VARIANTS, Variant, check_variant_name
 
@@ -174,16 +174,18 @@ def _shape(t: Tensor) -> tuple[int, ...]:
 def _check_tensor(owner: str, name: str, t: object, ref: Tensor) -> Tensor:
     """Type, dtype and device of ``t`` against the module's parameter ``ref``."""
     if not isinstance(t, Tensor):
-        raise TypeError(f"{owner}: expected {name} to be a Tensor, got {type(t).__name__}")
+        raise InputTypeError(f"{owner}: expected {name} to be a Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
-        raise TypeError(f"{owner}: expected {name} to be a floating-point tensor, got {t.dtype}")
+        raise InputTypeError(
+            f"{owner}: expected {name} to be a floating-point tensor, got {t.dtype}"
+        )
     if t.dtype != ref.dtype:
-        raise TypeError(
+        raise InputTypeError(
             f"{owner}: {name} has dtype {t.dtype} but the parameters are {ref.dtype}; "
             f"cast one of them (e.g. module.to({t.dtype}))"
         )
     if t.device != ref.device:
-        raise ValueError(
+        raise InputError(
             f"{owner}: {name} is on {t.device} but the parameters are on {ref.device}; "
             "move one of them with .to(device)"
         )
@@ -199,7 +201,7 @@ def _check_features(owner: str, x: Tensor, input_size: int) -> None:
             f" (dimension {list(x.shape).index(input_size)} has {input_size}: features must be "
             "the last dimension)"
         )
-    raise ValueError(
+    raise InputError(
         f"{owner}: input.size(-1) must be equal to input_size. Expected {input_size}, "
         f"got {x.shape[-1]}{hint}"
     )
@@ -273,9 +275,15 @@ class GRU(_InCellOptions, nn.Module):
         zoneout: float = 0.0,
         layer_norm: bool = False,
         weight_drop: float = 0.0,
+        proj_size: int = 0,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
+        if proj_size != 0:  # torch.nn.GRU's own answer, a ValueError
+            raise ValueError(
+                f"{owner}: proj_size argument is only supported for torch.nn.LSTM, not for "
+                f"grukit's {variant!r} (got proj_size={proj_size!r})"
+            )
         self.variant = check_variant_name(variant, owner=owner)
         self.backend = check_backend(backend, variant, owner)
         self.cell_options = CellOptions(
@@ -439,7 +447,7 @@ class GRU(_InCellOptions, nn.Module):
                     f" (the batch sizes differ: {hx.shape[1]} in {name}, {expected[1]} in the "
                     f"input; is batch_first={self.batch_first} right for this input?)"
                 )
-            raise ValueError(f"{owner}: Expected hidden size {expected}, got {_shape(hx)}{hint}")
+            raise InputError(f"{owner}: Expected hidden size {expected}, got {_shape(hx)}{hint}")
         return hx
 
     def forward(
@@ -513,13 +521,13 @@ class GRU(_InCellOptions, nn.Module):
             if not batched:
                 _check_tensor(owner, "hx", hx, ref)
                 if hx.dim() != 2:
-                    raise ValueError(
+                    raise InputError(
                         f"{owner}: For unbatched 2-D input, hx should also be 2-D but got "
                         f"{hx.dim()}-D tensor"
                     )
                 hx = hx.unsqueeze(1)
             elif isinstance(hx, Tensor) and hx.dim() != 3:
-                raise ValueError(
+                raise InputError(
                     f"{owner}: For batched 3-D input, hx should also be 3-D but got "
                     f"{hx.dim()}-D tensor"
                 )
@@ -813,13 +821,13 @@ class GRUCell(_InCellOptions, nn.Module):
         else:
             _check_tensor(owner, "hx", hx, ref)
             if hx.dim() != input.dim():
-                raise ValueError(
+                raise InputError(
                     f"{owner}: Expected hidden to be {input.dim()}D like the input, "
                     f"got {hx.dim()}D instead"
                 )
             h = hx if batched else hx.unsqueeze(0)
             if _shape(h) != (x.shape[0], self.hidden_size):
-                raise ValueError(
+                raise InputError(
                     f"{owner}: Expected hidden size {(x.shape[0], self.hidden_size)}, "
                     f"got {_shape(h)}"
                 )
