@@ -471,3 +471,21 @@ def test_proj_size_is_refused_as_torch_refuses_it() -> None:
     with pytest.raises(ValueError, match="proj_size"):
         grukit.GRU(4, 6, proj_size=2)
     assert grukit.GRU(4, 6, proj_size=0).hidden_size == 6
+
+
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_a_cell_of_zero_units_gives_empty_states_as_torch_does(variant: str) -> None:
+    """torch's test_RNN_cell_forward_zero_hidden_size: GRUCell(10, 0) is a valid module."""
+    cell = grukit.GRUCell(10, 0, variant=variant)
+    if variant == "gru":
+        theirs = torch.nn.GRUCell(10, 0)
+        cell.load_state_dict(theirs.state_dict())  # the same (empty) parameters
+        assert [p.shape for p in cell.parameters()] == [p.shape for p in theirs.parameters()]
+    x = torch.randn(3, 10, requires_grad=True)
+    out = cell(x)
+    h = out[0] if isinstance(out, tuple) else out
+    assert h.shape == (3, 0)
+    (h.sum() + x.sum()).backward()
+    assert x.grad is not None and x.grad.shape == (3, 10)
+    single = cell(torch.randn(10))
+    assert (single[0] if isinstance(single, tuple) else single).shape == (0,)

@@ -74,7 +74,7 @@ def count_parameters(
 def _reset_uniform(module: nn.Module, hidden_size: int) -> None:
     """torch's RNN initialisation: every weight and bias from ``U(-1/sqrt(H), 1/sqrt(H))``, in
     order; layer-norm gains start at 1 (and draw nothing, so the others match torch's draws)."""
-    stdv = 1.0 / math.sqrt(hidden_size)
+    stdv = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0
     for name, weight in module.named_parameters():
         if name.startswith(_NORM_KINDS):
             nn.init.ones_(weight)
@@ -748,14 +748,23 @@ class GRUCell(_InCellOptions, nn.Module):
         ).check(variant, type(self).__name__)
         # one layer, one direction: the parameters of a GRU without the "_l0" suffix
         # (bias as torch.nn.GRUCell reads it: any truthy value means biases)
-        inner = GRU(input_size, hidden_size, 1, bool(bias), device=device, dtype=dtype,
-                    variant=variant, backend=backend, layer_norm=layer_norm)  # fmt: skip
+        # hidden_size 0 (as torch.nn.GRUCell allows): the parameters of one unit, emptied
+        empty = isinstance(hidden_size, int) and not isinstance(hidden_size, bool) and (
+            hidden_size == 0
+        )  # fmt: skip
+        inner = GRU(input_size, 1 if empty else hidden_size, 1, bool(bias), device=device,
+                    dtype=dtype, variant=variant, backend=backend,
+                    layer_norm=layer_norm)  # fmt: skip
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         self.variant, self.backend = variant, backend
         self.last_backend: str | None = None
         for kind in (*_WEIGHT_KINDS, *_NORM_KINDS):
             if hasattr(inner, kind + "_l0"):
-                self.register_parameter(kind, getattr(inner, kind + "_l0"))
+                p = getattr(inner, kind + "_l0")
+                if empty:  # every dimension counts units, but weight_ih's inputs
+                    shape = (0, input_size) if kind == "weight_ih" else (0,) * p.dim()
+                    p = nn.Parameter(p.new_empty(shape))
+                self.register_parameter(kind, p)
         self._torch_template: nn.Module | None = None
         if variant in BASELINES:
             cls = nn.LSTMCell if variant == "lstm" else nn.RNNCell
@@ -834,7 +843,7 @@ class GRUCell(_InCellOptions, nn.Module):
         variant = VARIANTS[self.variant]
         backend = resolve_backend(self.backend, variant, x.device, x.dtype)
         N = x.shape[0]
-        if N == 0:  # an empty batch (as torch: an empty state, a working backward)
+        if N == 0 or self.hidden_size == 0:  # as torch: empty results, a working backward
             backend = "reference"
         self.__dict__["last_backend"] = backend  # (nn.Module.__setattr__ is slow per step)
         weights, extras = _layer_call(
