@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,31 @@ def _register_fakes() -> None:
         ]
 
 
+def _register_batching_rules() -> None:
+    """vmap rules of the kernels (torch.func's ``vmap``, ``jacrev``, ``is_grads_batched``):
+    the op runs once per vmapped item, on that item's slices of the batched arguments, and the
+    results are stacked along a new leading dimension. Results equal the unbatched calls'."""
+
+    def per_item(op: Any) -> Callable[..., tuple[Any, Any]]:
+        def rule(info: Any, in_dims: tuple, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            results = []
+            for i in range(info.batch_size):
+                item = [
+                    a.select(d, i).contiguous()
+                    if isinstance(d, int) and isinstance(a, Tensor)
+                    else a
+                    for a, d in zip(args, in_dims, strict=True)
+                ]
+                results.append(op(*item, **kwargs))
+            stacked = [torch.stack(list(parts)) for parts in zip(*results, strict=True)]
+            return (tuple(stacked) if isinstance(results[0], tuple) else stacked), 0
+
+        return rule
+
+    torch.library.register_vmap("grukit::rnn_forward", per_item(torch.ops.grukit.rnn_forward))
+    torch.library.register_vmap("grukit::rnn_backward", per_item(torch.ops.grukit.rnn_backward))
+
+
 def unavailable_reason() -> str | None:
     """Why the fused kernels cannot be used in this process (None when they can).
 
@@ -159,6 +184,7 @@ def unavailable_reason() -> str | None:
                 try:
                     _build()
                     _register_fakes()
+                    _register_batching_rules()
                 except Exception as exc:  # compiler missing or failing: fall back, loudly
                     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                     reason = f"they could not be built ({type(exc).__name__}: {first_line[:300]})"
@@ -225,12 +251,15 @@ class _FusedLayer(torch.autograd.Function):
 
     The C++ backward is not itself differentiable. When a second derivative is asked for
     (``create_graph=True``), the backward differentiates the reference implementation of the
-    same layer instead: correct to any order, at the reference's speed.
+    same layer instead: correct to any order, at the reference's speed. ``forward`` and
+    ``setup_context`` are apart and the ops have batching rules, so torch.func's transforms
+    (``grad``, ``vmap``, ``jacrev``) apply (``generate_vmap_rule``).
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(
-        ctx: Any,
         x: Tensor,
         h0: Tensor,
         w_ih: Tensor,
@@ -243,24 +272,36 @@ class _FusedLayer(torch.autograd.Function):
         masks: tuple[Tensor | None, Tensor | None, Tensor | None],
         variant: Variant,
         reverse: bool,
-    ) -> tuple[Tensor, Tensor]:
-        out, h_n, ws = torch.ops.grukit.rnn_forward(
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return torch.ops.grukit.rnn_forward(
             x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, _kernel_spec(variant), reverse, True,
             *masks, ln_ih, ln_hh,
         )  # fmt: skip
-        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ws, batch_sizes)
-        ctx.masks, ctx.variant, ctx.reverse = masks, variant, reverse
-        return out, h_n
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None) -> tuple:
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, batch_sizes, masks, variant, reverse = inputs
+        ws = output[2]
+        ctx.mark_non_differentiable(ws)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ws, batch_sizes)
+        ctx.masks, ctx.variant, ctx.reverse = masks, variant, reverse
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_out: Tensor | None, grad_hn: Tensor | None, _grad_ws: Any = None
+    ) -> tuple:
         x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ws, batch_sizes = ctx.saved_tensors
         if grad_out is None:
             grad_out = torch.zeros(x.shape[0], h0.shape[1], dtype=x.dtype)
         if grad_hn is None:
             grad_hn = torch.zeros_like(h0)
         needs = [int(n) for n in ctx.needs_input_grad[:8]]
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        saved = (x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, grad_out, grad_hn)
+        if (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in saved)) or (
+            not torch.compiler.is_compiling() and _legacy_batched(grad_out, grad_hn)
+        ):  # fmt: skip
+            # create_graph=True, an outer torch.func.grad, or autograd.grad's is_grads_batched
+            # (whose vmap has no rule for the kernel): the differentiable reference backward
             grads = _reference_backward(ctx, grad_out, grad_hn, needs)
         else:
             grads = torch.ops.grukit.rnn_backward(
@@ -275,24 +316,35 @@ class _FusedLayer(torch.autograd.Function):
         return (*out, None, None, None, None)
 
 
+def _legacy_batched(*tensors: Tensor) -> bool:
+    """Whether any of ``tensors`` is batched by autograd.grad's ``is_grads_batched`` vmap."""
+    return any(torch._C._functorch.is_legacy_batchedtensor(t) for t in tensors)
+
+
 def _reference_backward(ctx: Any, grad_out: Tensor, grad_hn: Tensor, needs: list[int]) -> list:
-    """First derivatives of the layer through the reference, as a graph (for double backward)."""
+    """First derivatives of the layer through the reference, as a graph (for double backward):
+    the vector-Jacobian product of :func:`grukit.reference.reference_layer` by ``torch.func.vjp``,
+    which composes with autograd and with torch.func's transforms alike."""
     x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, _, batch_sizes = ctx.saved_tensors
     inputs = [x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh]
-    wanted = [t for t, n in zip(inputs, needs, strict=True) if n and t is not None]
-    extras = CellExtras(*ctx.masks, ln_ih, ln_hh)
-    out, h_n = reference_layer(
-        ctx.variant, x, batch_sizes.tolist(), h0, LayerWeights(w_ih, w_hh, b_ih, b_hh),
-        ctx.reverse, None if extras.empty else extras,
-    )  # fmt: skip
-    found = iter(
-        torch.autograd.grad(
-            (out, h_n), wanted, (grad_out, grad_hn), create_graph=True, allow_unused=True
-        )
-    )
-    return [
-        next(found) if n and t is not None else None for t, n in zip(inputs, needs, strict=True)
-    ]
+    wanted = [i for i, (t, n) in enumerate(zip(inputs, needs, strict=True)) if n and t is not None]
+    steps = batch_sizes.tolist()
+
+    def layer(*chosen: Tensor) -> tuple[Tensor, Tensor]:
+        full = list(inputs)
+        for i, t in zip(wanted, chosen, strict=True):
+            full[i] = t
+        extras = CellExtras(*ctx.masks, full[6], full[7])
+        return reference_layer(
+            ctx.variant, full[0], steps, full[1], LayerWeights(*full[2:6]), ctx.reverse,
+            None if extras.empty else extras,
+        )  # fmt: skip
+
+    _, vjp = torch.func.vjp(layer, *(inputs[i] for i in wanted))
+    grads: list[Tensor | None] = [None] * len(inputs)
+    for i, g in zip(wanted, vjp((grad_out, grad_hn)), strict=True):
+        grads[i] = g
+    return grads
 
 
 def fused_layer(
@@ -317,7 +369,8 @@ def fused_layer(
     tensors = [_contiguous(t) for t in (data, h0, *w, e.ln_ih, e.ln_hh)]
     masks = tuple(_contiguous(m) for m in (e.recurrent, e.candidate, e.zoneout))
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _FusedLayer.apply(*tensors, bs, masks, v, reverse)
+        out, h_n, _ = _FusedLayer.apply(*tensors, bs, masks, v, reverse)
+        return out, h_n
     # inference: no graph, no workspace, no autograd.Function
     out, h_n, _ = torch.ops.grukit.rnn_forward(
         *tensors[:6], bs, _kernel_spec(v), reverse, False, *masks, *tensors[6:]

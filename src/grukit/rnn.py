@@ -635,11 +635,45 @@ class GRU(_InCellOptions, nn.Module):
                 finals.append(x)
             else:
                 return x, torch.stack(finals, 0)
+        if self.variant in BASELINES and input.dim() == 2:
+            stepped = self._baseline_step(input, hx)
+            if stepped is not None:
+                return stepped
         seq = input.unsqueeze(1 if self.batch_first and input.dim() == 2 else 0)
         out, state = self(seq, hx)
         if self.__dict__.get("last_backend") == "fused" and not self.cell_options.any:
             self.__dict__["_step_plans"] = self._make_step_plans()
         return out.squeeze(1 if self.batch_first and input.dim() == 2 else 0), state
+
+    def _baseline_step(self, x: Tensor, hx: Any) -> tuple[Tensor, Any] | None:
+        """One step of the LSTM / tanh-RNN baselines through torch's cell functions, layer by
+        layer (torch's whole-sequence LSTM reorders its weights on every call, which at one
+        step costs far more than the step); None when the call needs the general path."""
+        if (self.dropout > 0 and self.training) or x.shape[-1] != self.input_size:
+            return None
+        L, N, H = self.num_layers, x.shape[0], self.hidden_size
+        lstm = self.variant == "lstm"
+        if hx is None:
+            zeros = x.new_zeros(L, N, H)
+            hx = (zeros, zeros) if lstm else zeros
+        states = hx if lstm else (hx,)
+        if (lstm and not isinstance(hx, tuple)) or not all(
+            isinstance(t, Tensor) and t.shape == (L, N, H) and t.dtype == x.dtype
+            and t.device == x.device for t in states
+        ):  # fmt: skip
+            return None
+        p = self._parameters
+        hs, cs = [], []
+        for k in range(L):
+            w = [p.get(f"{kind}_l{k}") for kind in _WEIGHT_KINDS]
+            if lstm:
+                h, c = torch.lstm_cell(x, (hx[0][k], hx[1][k]), *w)
+                cs.append(c)
+            else:
+                h = torch.rnn_tanh_cell(x, hx[k], *w)
+            hs.append(h)
+            x = h
+        return x, ((torch.stack(hs), torch.stack(cs)) if lstm else torch.stack(hs))
 
     def _make_step_plans(self) -> list | None:
         """One :class:`grukit.fused.StepPlan` per layer (unidirectional, fused, no options)."""
