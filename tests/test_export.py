@@ -506,3 +506,21 @@ def test_an_example_input_catches_a_wrong_graph(ort, monkeypatch, tmp_path):
     with pytest.raises(ExportError, match="differs from the module's"):
         export.to_onnx(gru, tmp_path / "bad.onnx", torch.randn(4, 2, 3))
     assert not (tmp_path / "bad.onnx").exists(), "nothing is written"
+
+
+def test_quantize_dynamic_converts_the_torch_twin():
+    """The README's account of int8 dynamic quantization: through ``to_torch()``."""
+    import warnings
+
+    torch.manual_seed(0)
+    gru = grukit.GRU(6, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+        q = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(gru.to_torch()), {torch.nn.GRU}, dtype=torch.qint8
+        )
+    assert type(q[0]).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    x = torch.randn(5, 3, 6)
+    out, _ = q[0](x)
+    want, _ = gru(x)
+    assert float((out - want).abs().max()) < 0.05

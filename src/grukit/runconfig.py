@@ -508,18 +508,24 @@ def packaged_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
 
 
-def resolve_config_path(name: str) -> Path:
-    """A TOML file: ``name`` itself, or the packaged config called ``name``."""
+def resolve_packaged(name: str | os.PathLike[str], folder: Path, what: str) -> Path:
+    """A TOML file: ``name`` itself, or the one called ``name`` in the packaged ``folder``
+    (``what``: "config", "space", named in the error that lists the packaged ones)."""
     path = Path(name)
     if path.is_file():
         return path
-    packaged = CONFIG_DIR / f"{path.stem}.toml"
+    packaged = folder / f"{path.stem}.toml"
     if path.parent == Path(".") and packaged.is_file():
         return packaged
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.toml")))
     raise ConfigError(
-        f"no config file {name!r}; give a TOML file or one of the packaged configs: "
-        f"{', '.join(packaged_configs())}"
+        f"no {what} file {str(name)!r}; give a TOML file or one of the packaged {what}s: {names}"
     )
+
+
+def resolve_config_path(name: str) -> Path:
+    """A TOML file: ``name`` itself, or the packaged config called ``name``."""
+    return resolve_packaged(name, CONFIG_DIR, "config")
 
 
 # -- command line ---------------------------------------------------------------------------
