@@ -131,13 +131,13 @@ def run(job: tuple[str, dict[str, Any], str, str]) -> dict[str, Any]:
     torch.set_num_threads(1)
     from grukit.runconfig import make_config
     from grukit.tasks import load_task
-    from grukit.train import Trainer
+    from grukit.tune import train_and_score
 
     start = time.time()
     try:
         task = load_task("music", data, progress=False)
         config = make_config(data=data, out=f"{runs_dir}/{name}", progress=False, **kw)
-        r = Trainer(config, task=task, log=lambda s: None).fit()
+        _, r = train_and_score(config, task=task, log=lambda s: None)
         return {"name": name, **kw, "train": r["train"]["nll"], "valid": r["valid"]["nll"],
                 "test": r["test"]["nll"], "best_epoch": r["best_epoch"], "epochs_run": r["epochs"],
                 "parameters": r["parameters"], "seconds": round(time.time() - start)}  # fmt: skip

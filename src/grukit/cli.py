@@ -1,4 +1,5 @@
-"""The ``grukit`` command: train, eval, sample, predict, forecast, compare, bench.
+"""The ``grukit`` command: train, eval, sample, predict, forecast, translate, inspect, export,
+compare, tune, bench.
 
 Every failure grukit can name (bad data, config, checkpoint, run folder, an offline download,
 a full or read-only disk) is printed as one line ``grukit <cmd>: error: ...`` with exit status
@@ -208,6 +209,30 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_translate(args: argparse.Namespace) -> int:
+    """A seq2seq run's decoded output of TEXT (printed) or of each line of --data (a file)."""
+    from grukit.train import load_run
+
+    if (args.text is None) == (args.data is None):
+        raise ConfigError("give either a TEXT to translate or --data FILE (one of them)")
+    if args.out is not None and args.data is None:
+        raise ConfigError("--out is for --data FILE; the output of a TEXT is printed")
+    if args.beam is not None:
+        _positive_int("beam", args.beam, 1000)
+    out = _out_file(args.out, Path(args.run), "translations.tsv") if args.data else None
+    _, task, model = load_run(args.run, which=args.checkpoint, device=args.device)
+    if not hasattr(task, "translate"):
+        raise ConfigError(
+            f"task {task.name!r} does not translate; `grukit translate` is for seq2seq"
+        )
+    if out is None:
+        print(task.translate(model, [args.text], beam=args.beam)[0])
+        return 0
+    n = task.translate_file(model, args.data, out, beam=args.beam)
+    print(f"wrote {n} translations to {out}")
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     """Gate heatmaps (PNG) and per-unit statistics (JSON) of one case: grukit.inspect."""
     from grukit.inspect import gate_panels, record, task_case
@@ -340,6 +365,82 @@ def _compare_parser(sub: Any) -> None:
     add_run_arguments(p, exclude=("model.variant", "model.hidden_size", "run.out", "run.seed"))
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from grukit.runconfig import overrides_from_namespace
+    from grukit.tune import format_table, tune
+
+    _positive_int("trials", args.trials, 1_000_000)
+    log = (lambda s: print(s, file=sys.stderr)) if args.json else print
+    report = tune(
+        space=args.space,
+        trials=args.trials,
+        config=args.config,
+        overrides=overrides_from_namespace(args),
+        out=args.out,
+        storage=args.storage,
+        study=args.study,
+        seed=args.seed,
+        pruner=args.pruner,
+        pruner_startup_trials=args.pruner_startup_trials,
+        pruner_warmup_epochs=args.pruner_warmup_epochs,
+        log=log,
+    )
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "rows"}))
+    else:
+        print(format_table(report))
+        print(f"table: {report['table']}  plot: {report['plot']}")
+    return 0
+
+
+def _tune_parser(sub: Any) -> None:
+    from grukit.runconfig import add_run_arguments
+
+    p = sub.add_parser(
+        "tune",
+        help="search hyperparameters with Optuna (TPE, pruning); writes the best config",
+        description="Search any config key with Optuna's TPE sampler: --space maps keys "
+        "(section.key, as in a run's config.toml) to { low, high[, step | log] } or "
+        "{ choices }; every trial trains the base config (--config, then the flags) in "
+        "--out/trial-NNNN and reports the task's watched metric each epoch, so that --pruner "
+        "stops bad trials early. Writes trials.csv, history.png and best.toml (run it with "
+        "grukit train --config). Needs optuna: pip install 'grukit[tune]'.",
+    )
+    p.add_argument("--space", required=True, metavar="SPACE",
+                   help="TOML file of the search space, or a packaged space (jsb)")  # fmt: skip
+    p.add_argument("--trials", type=int, default=20, help="trials this process runs")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="TOML file (or packaged config) the space is applied over")  # fmt: skip
+    p.add_argument(
+        "--storage", default=None, metavar="URL",
+        help="Optuna RDB storage: sqlite:///study.db (one machine) or a PostgreSQL/MySQL URL "
+        "(several processes or machines); the study resumes from it (default: in memory)",
+    )  # fmt: skip
+    p.add_argument("--study", default=None, metavar="NAME",
+                   help="the study's name in --storage (default: --out's folder name)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the TPE sampler (give each worker its own)")  # fmt: skip
+    p.add_argument(
+        "--run.seed", dest="run.seed", type=int, default=argparse.SUPPRESS, metavar="INT",
+        help="seed of every trial's run (default: the config's)",
+    )  # fmt: skip
+    p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
+                   help="stop bad trials early (default median)")  # fmt: skip
+    p.add_argument(
+        "--pruner-startup-trials", type=int, default=5, metavar="N",
+        help="median: trials that complete before any is pruned (default 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--pruner-warmup-epochs", type=int, default=0, metavar="N",
+        help="epochs a trial always runs before it may be pruned (default 0)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object (logs go to stderr)")
+    p.add_argument("--out", default="runs/tune", metavar="DIR",
+                   help="the study folder: a run folder per trial, the table, plot and best "
+                   "config (new, empty or this study's)")  # fmt: skip
+    add_run_arguments(p, exclude=("run.out", "run.seed"))
+
+
 def _run_command_parsers(sub: Any) -> None:
     def run_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("run", metavar="RUN", help="run folder")
@@ -387,6 +488,23 @@ def _run_command_parsers(sub: Any) -> None:
     p.add_argument("--out", default=None, help="CSV file (default RUN/forecast.csv)")
 
     p = sub.add_parser(
+        "translate", help="decode a source text, or each line of a file, with a seq2seq run"
+    )
+    run_args(p)
+    p.add_argument("text", nargs="?", default=None, metavar="TEXT", help="the source to decode")
+    p.add_argument(
+        "--data", default=None, metavar="FILE",
+        help="decode each line of FILE (a TSV file's source column, or plain lines)",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", default=None, help="TSV of source<TAB>output (default RUN/translations.tsv)"
+    )
+    p.add_argument(
+        "--beam", type=int, default=None,
+        help="beam width (default: the run's task.beam_width; 1 is the greedy decode)",
+    )  # fmt: skip
+
+    p = sub.add_parser(
         "inspect", help="gate heatmaps (PNG) and per-unit gate statistics (JSON) of one case"
     )
     run_args(p)
@@ -425,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _train_parser(sub)
     _run_command_parsers(sub)
     _compare_parser(sub)
+    _tune_parser(sub)
 
     from grukit import bench
 
@@ -438,9 +557,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample": _cmd_sample,
         "predict": _cmd_predict,
         "forecast": _cmd_forecast,
+        "translate": _cmd_translate,
         "export": _cmd_export,
         "inspect": _cmd_inspect,
         "compare": _cmd_compare,
+        "tune": _cmd_tune,
         "bench": bench.run,
     }
     try:

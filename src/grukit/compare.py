@@ -109,7 +109,7 @@ def compare(
     ``seconds_per_epoch``, ``best_epoch``, ``runs`` and ``paper_{split}_{monitor}`` where the
     task has published numbers.
     """
-    from grukit.train import Trainer
+    from grukit.tune import train_and_score  # the one "train a config, keep its metric"
 
     base = _base_config(config, overrides or {})
     lrs = list(get_task(base.task.name).compare_lrs if lrs is None else lrs)
@@ -155,7 +155,8 @@ def compare(
                     "run.seed": seed, "run.out": str(Path(out) / name),
                 })  # fmt: skip
                 log(f"== {variant} with {hidden} units, learning rate {lr:g}, seed {seed} ==")
-                by_lr.setdefault(lr, []).append(Trainer(cfg, task=task, log=log).fit())
+                _, result = train_and_score(cfg, task=task, log=log)
+                by_lr.setdefault(lr, []).append(result)
         pick = max if task.modes[monitor] == "max" else min
         lr = pick(by_lr, key=lambda k: statistics.fmean(r["valid"][monitor] for r in by_lr[k]))
         results = by_lr[lr]

@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "classify": "grukit.tasks.classify.task:ClassifyTask",
     "forecast": "grukit.tasks.forecast.task:ForecastTask",
     "charlm": "grukit.tasks.charlm.task:CharLMTask",
+    "seq2seq": "grukit.tasks.seq2seq.task:Seq2SeqTask",
 }
 
 TASKS: tuple[str, ...] = tuple(REGISTRY)
