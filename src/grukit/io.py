@@ -5,6 +5,8 @@
 * :func:`read_regular_file`: read a file that must be a regular file (never a symlink, FIFO or
   device), of a known or bounded size, checked before reading; it never blocks or reads
   without bound.
+* :func:`read_data_file`: a data file a user named (text or bytes), with one-sentence errors
+  for a missing, irregular, too large or not-UTF-8 file;
 * :func:`safe_child`: a path inside a folder with no symlinked component, so that nothing is
   read from or written to outside that folder by way of a link.
 """
@@ -20,7 +22,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from grukit.errors import CheckpointError
+from grukit.errors import CheckpointError, DataError
 
 __all__ = [
     "atomic_write_bytes",
@@ -197,3 +199,36 @@ def safe_child(root: str | os.PathLike[str], *parts: str | os.PathLike[str]) -> 
     if not inside:
         raise CheckpointError(f"{path} resolves outside {root}; expected a path inside it")
     return path
+
+
+def read_data_file(
+    path: str | os.PathLike[str],
+    *,
+    expected: str,
+    max_bytes: int,
+    text: bool = True,
+    hint: str = "",
+) -> str | bytes:
+    """The contents of data file ``path``: a ``str`` (strict UTF-8) or, with ``text=False``, the
+    bytes. A missing file, a folder, a file over ``max_bytes`` or bytes that are not UTF-8 are a
+    DataError naming the file, ``expected`` (what it should be), and for bad bytes their value,
+    byte offset and line, then ``hint``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file (expected {expected})")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file (expected {expected})")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DataError(f"{path}: {size} bytes; at most {max_bytes} are read")
+    data = path.read_bytes()
+    if not text:
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
+            f"(line {line}; {exc.reason}){hint}"
+        ) from None

@@ -40,27 +40,16 @@ def read_text(path: str | os.PathLike[str], level: str = "char") -> str | bytes:
     """The contents of a text file: a ``str`` (``level`` char or word: UTF-8, strictly) or the
     raw ``bytes`` (``level="byte"``). An empty file, a folder, or a file that is not UTF-8 is a
     DataError that names the byte offset of the first bad byte."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file (expected a UTF-8 text file or a named text: "
-                        f"{', '.join(NAMED_TEXTS)})")  # fmt: skip
-    if not path.is_file():
-        raise DataError(f"{path}: not a regular file (expected a UTF-8 text file)")
-    size = path.stat().st_size
-    if size > MAX_TEXT_BYTES:
-        raise DataError(f"{path}: {size} bytes; at most {MAX_TEXT_BYTES} are read")
-    data = path.read_bytes()
+    from grukit.io import read_data_file
+
+    data = read_data_file(
+        path, expected=f"a UTF-8 text file or a named text: {', '.join(NAMED_TEXTS)}",
+        max_bytes=MAX_TEXT_BYTES, text=level != "byte",
+        hint="; model its bytes instead with --level byte",
+    )  # fmt: skip
     if not data:
         raise DataError(f"{path}: the file is empty; a language model needs text to read")
-    if level == "byte":
-        return data
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
-            f"({exc.reason}); model its bytes instead with --level byte"
-        ) from None
+    return data
 
 
 def _python_docs() -> str:

@@ -73,23 +73,13 @@ class ParallelData:
 
 def read_tsv(path: str | os.PathLike[str]) -> list[Pair]:
     """The ``(source, target)`` pairs of a TSV file (split at the first tab of each line)."""
+    from grukit.io import read_data_file
+
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file (expected a TSV file of source<TAB>target lines)")
-    if not path.is_file():
-        raise DataError(f"{path}: not a regular file (expected a TSV file)")
-    size = path.stat().st_size
-    if size > MAX_TSV_BYTES:
-        raise DataError(f"{path}: {size} bytes; at most {MAX_TSV_BYTES} are read")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(
-            f"{path}: not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset {exc.start} "
-            f"(line {line}; {exc.reason})"
-        ) from None
+    text = read_data_file(
+        path, expected="a TSV file of source<TAB>target lines", max_bytes=MAX_TSV_BYTES
+    )
+    assert isinstance(text, str)
     pairs: list[Pair] = []
     for number, line in enumerate(text.split("\n"), 1):
         line = line.removesuffix("\r")
