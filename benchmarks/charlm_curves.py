@@ -52,18 +52,6 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
             "best_at_min": best_t, "minutes": curve[-1][0], **first}  # fmt: skip
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "CPU"
-
-
 def windowed_valid(run: Path, context: int) -> float:
     """Valid nats/char of ``run``'s best checkpoint, the state reset every ``context`` chars."""
     from grukit.train import evaluate, load_run
@@ -130,7 +118,9 @@ def main() -> None:
     axes[0].set_ylabel("validation nats per character")
     axes[0].set_ylim(1.35, 2.2)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Tiny Shakespeare, nanoGPT's split, {_cpu()}", fontsize=10)
+    from grukit.bench import machine_line
+
+    fig.suptitle(f"Tiny Shakespeare, nanoGPT's split; {machine_line()}", fontsize=10)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120, bbox_inches="tight")

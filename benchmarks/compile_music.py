@@ -14,26 +14,15 @@ sigmoid cross-entropy and their backward. Prints the median milliseconds per ste
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+from grukit.bench import machine_line
 from grukit.models import SequenceModel
 from grukit.runconfig import ModelConfig
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 def main() -> None:
@@ -46,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{_cpu()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(machine_line())
     print("| hidden | eager ms/step | compiled ms/step | compiled / eager |")
     print("|---:|---:|---:|---:|")
     for H in (int(h) for h in args.hidden.split(",")):

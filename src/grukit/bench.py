@@ -592,38 +592,37 @@ def format_step_report(report: dict) -> str:
     hs = list(report["hidden"])
     m = report["machine"]
     names = list(report["hidden"][hs[0]]["median_us"])
-    lines = [
-        _machine_line(m),
-        "",
+
+    def table(title: str, head: str, rows: dict[str, dict[str, tuple[float, float]]]) -> list:
+        """A markdown table: one row per name, ``us (us / torch's us)`` per hidden size."""
+        out = [title, "", f"| {head} | " + " | ".join(f"H={h}" for h in hs) + " |",
+               "|---|" + "---:|" * len(hs)]  # fmt: skip
+        for name, by_h in rows.items():
+            cells = [f"{by_h[h][0]:.1f} ({by_h[h][0] / by_h[h][1]:.2f})" for h in hs]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        return [*out, ""]
+
+    def med(h: str) -> dict[str, float]:
+        return report["hidden"][h]["median_us"]
+
+    lines = [_machine_line(m), ""]
+    lines += table(
         f"### one step at batch 1, input {report['input']}: microseconds (ratio to "
-        "torch.nn.GRUCell)",
-        "",
-        "| candidate | " + " | ".join(f"H={h}" for h in hs) + " |",
-        "|---|" + "---:|" * len(hs),
-    ]
-    for name in names:
-        cells = []
-        for h in hs:
-            med = report["hidden"][h]["median_us"]
-            cells.append(f"{med[name]:.1f} ({med[name] / med['torch.nn.GRUCell']:.2f})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("")
+        "torch.nn.GRUCell)", "candidate",
+        {n: {h: (med(h)[n], med(h)["torch.nn.GRUCell"]) for h in hs} for n in names},
+    )  # fmt: skip
     variants = list(report["hidden"][hs[0]].get("variants_us", {}))
     if variants:
-        lines += [
+
+        def var(h: str, v: str) -> tuple[float, float]:
+            t = report["hidden"][h]["variants_us"][v]
+            return t["grukit"], t["torch.nn.GRUCell"]
+
+        lines += table(
             "### every variant's GRUCell, one step at batch 1: microseconds (ratio to "
-            "torch.nn.GRUCell timed beside it)",
-            "",
-            "| variant | " + " | ".join(f"H={h}" for h in hs) + " |",
-            "|---|" + "---:|" * len(hs),
-        ]
-        for v in variants:
-            cells = []
-            for h in hs:
-                t = report["hidden"][h]["variants_us"][v]
-                cells.append(f"{t['grukit']:.1f} ({t['grukit'] / t['torch.nn.GRUCell']:.2f})")
-            lines.append(f"| {v} | " + " | ".join(cells) + " |")
-        lines.append("")
+            "torch.nn.GRUCell timed beside it)", "variant",
+            {v: {h: var(h, v) for h in hs} for v in variants},
+        )  # fmt: skip
     return "\n".join(lines)
 
 
@@ -716,6 +715,12 @@ def _machine() -> dict:
         "grukit": grukit.__version__,
         "blas": "BLAS called directly" if torch.ops.grukit.uses_blas() else "at::mm fallback",
     }
+
+
+def machine_line() -> str:
+    """This machine as every report names it: the CPU, its instruction set, threads, torch."""
+    fused.available()  # _machine asks the kernels which GEMM they call
+    return _machine_line(_machine())
 
 
 def _machine_line(m: dict) -> str:

@@ -556,27 +556,26 @@ def _export_gru(g: _Graph, rnn: GRU, lengths: bool, initial_state: bool) -> str:
     return f"{rnn.variant} GRU stack"
 
 
-def _export_sequence_model(g: _Graph, model: Any, lengths: bool, initial_state: bool) -> str:
+def _export_per_step_model(g: _Graph, model: Any, lengths: bool, initial_state: bool) -> str:
+    """A SequenceModel (``input`` (T, N, I)) or a LanguageModel (``ids`` (T, N) int64 through its
+    embedding): the recurrent stack, then the linear head at every step."""
     T = g.types
-    x = g.input("input", T.FLOAT, ["T", "N", model.rnn.input_size])
-    io = _Interface(g, model.rnn, lengths, initial_state)
+    embedding = getattr(model, "embedding", None)
+    if embedding is not None:
+        first = g.input("ids", T.INT64, ["T", "N"])
+        what = "LanguageModel (embedding, recurrent stack, linear head)"
+    else:
+        first = g.input("input", T.FLOAT, ["T", "N", model.rnn.input_size])
+        what = "SequenceModel (per-step linear head)"
+    io = _Interface(g, model.rnn, lengths, initial_state)  # lengths, h0: after the first input
+    x = first
+    if embedding is not None:
+        x = g.op("Gather", g.const(_numpy(embedding.weight), "embedding"), first, axis=0)
     y, h_n, c_n = io.stack(x)
     logits = io.mask(g.linear(y, model.head, "head"), x)
     g.output("logits", logits, T.FLOAT, ["T", "N", model.head.out_features])
     io.state_outputs(h_n, c_n)
-    return "SequenceModel (per-step linear head)"
-
-
-def _export_language_model(g: _Graph, model: Any, lengths: bool, initial_state: bool) -> str:
-    T = g.types
-    ids = g.input("ids", T.INT64, ["T", "N"])
-    io = _Interface(g, model.rnn, lengths, initial_state)
-    x = g.op("Gather", g.const(_numpy(model.embedding.weight), "embedding"), ids, axis=0)
-    y, h_n, c_n = io.stack(x)
-    logits = io.mask(g.linear(y, model.head, "head"), x)
-    g.output("logits", logits, T.FLOAT, ["T", "N", model.head.out_features])
-    io.state_outputs(h_n, c_n)
-    return "LanguageModel (embedding, recurrent stack, linear head)"
+    return what
 
 
 def _export_classifier(g: _Graph, model: Any, lengths: bool, initial_state: bool) -> str:
@@ -669,10 +668,10 @@ def _exporter(module: nn.Module) -> tuple[Callable[..., str], Any, bool]:
 
     kinds: list[tuple[type, Callable[..., str], bool]] = [
         (GRU, _export_gru, False),
-        (models.SequenceModel, _export_sequence_model, False),
+        (models.SequenceModel, _export_per_step_model, False),
         (models.SequenceClassifier, _export_classifier, True),
         (models.Forecaster, _export_forecaster, False),
-        (models.LanguageModel, _export_language_model, False),
+        (models.LanguageModel, _export_per_step_model, False),
     ]
     for cls, build, lengths in kinds:
         if isinstance(module, cls):
