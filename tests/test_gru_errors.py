@@ -189,7 +189,8 @@ def test_unknown_variant_lists_valid_names(cls):
 def test_unknown_backend():
     with pytest.raises(
         ValueError,
-        match=r"unknown backend 'cuda'; valid backends are: auto, fused, reference, scan",
+        match=r"unknown backend 'cuda'; valid backends are: auto, compiled, fused, reference, "
+        "scan, torch",
     ):
         grukit.GRU(4, 5, backend="cuda")
 

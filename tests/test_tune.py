@@ -127,6 +127,47 @@ def test_json_prints_one_object_with_the_best_trial(
     assert report["trials"] == report["complete"] == 2 and report["pruned"] == 0
 
 
+def test_the_grid_sampler_runs_every_combination_once_and_stops(
+    tiny_pickle: Path, tmp_path: Path, capsys
+) -> None:
+    space = write_space(
+        tmp_path,
+        '[model]\nhidden_size = { low = 4, high = 8, step = 4 }\n'
+        'variant = { choices = ["gru", "mgu"] }\n',
+    )
+    study = tmp_path / "study"
+    argv = flags(tiny_pickle, study, space, "--trials", 9, "--sampler", "grid", "--json")
+    status, out, err = call(capsys, argv)
+    assert status == 0, err
+    rows = read_table(study)
+    assert sorted((r["model.hidden_size"], r["model.variant"]) for r in rows) == [
+        ("4", "gru"), ("4", "mgu"), ("8", "gru"), ("8", "mgu")
+    ]  # fmt: skip
+    assert json.loads(out)["trials"] == 4  # the grid ended the study before --trials 9
+
+
+def test_the_grid_sampler_refuses_a_continuous_range(
+    tiny_pickle: Path, tmp_path: Path, capsys
+) -> None:
+    argv = flags(tiny_pickle, tmp_path / "s", write_space(tmp_path), "--sampler", "grid")
+    status, _, err = call(capsys, argv)
+    assert status == 2 and "optim.lr in [0.001, 0.03] (float, log) is continuous" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_packaged_jsb_cell_grid_holds_the_readme_best_config(base: Any) -> None:
+    from grukit.train import config_from_args
+
+    space = load_space("jsb_cell", base)
+    grid = {key: p.grid() for key, p in space.items()}
+    assert grid == {
+        "cell.layer_norm": [False, True], "cell.recurrent_dropout": [0.0, 0.25, 0.4],
+        "cell.zoneout": [0.0, 0.1],
+    }  # fmt: skip
+    best = config_from_args("jsb_cell", {}, announce=lambda _: None).flat()
+    assert all(best[key] in values for key, values in grid.items())
+
+
 # ---------------------------------------------------------------------------- pruning
 
 

@@ -3,8 +3,17 @@
 - ``"reference"``: the pure-PyTorch loop (:mod:`grukit.reference`); any device, any dtype.
 - ``"fused"``: the C++ kernels (:mod:`grukit.fused`); CPU tensors of float32 or float64.
 - ``"scan"``: minGRU's parallel log-space scan (:mod:`grukit.scan`); any device.
-- ``"auto"``: ``fused`` where it can run, else ``scan`` for minGRU, else ``reference``. If the
-  kernels cannot be built, ``auto`` warns once and falls back; an explicit ``"fused"`` raises.
+- ``"torch"``: torch's own GRU kernel (cuDNN on CUDA, ATen on the CPU) on this module's
+  parameters, which are already in its layout; ``variant="gru"`` without in-cell options.
+- ``"compiled"``: the reference loop with each step's cell compiled by ``torch.compile``
+  (:mod:`grukit.compiled`): the GPU path of the variants cuDNN does not have; any variant.
+- ``"auto"``: on CUDA, ``torch`` for a plain ``gru`` (:func:`uses_torch_gru`); else ``fused``
+  where it can run, else ``scan`` for minGRU, else ``reference``. If the kernels cannot be
+  built, ``auto`` warns once and falls back; an explicit ``"fused"`` raises.
+
+On CUDA, cuDNN computes float32 GRUs with TF32 matrix products while
+``torch.backends.cudnn.allow_tf32`` is True (torch's default): about 1e-3 relative error
+against full float32. Set it to False for float32 results, or take ``backend="reference"``.
 """
 
 from __future__ import annotations
@@ -18,9 +27,16 @@ from grukit.cell_options import CellExtras
 from grukit.reference import LayerWeights, reference_layer
 from grukit.variants import BASELINES, Variant
 
-__all__ = ["BACKENDS", "LayerFunction", "check_backend", "resolve_backend", "layer_function"]
+__all__ = [
+    "BACKENDS",
+    "LayerFunction",
+    "check_backend",
+    "layer_function",
+    "resolve_backend",
+    "uses_torch_gru",
+]
 
-BACKENDS: tuple[str, ...] = ("auto", "fused", "reference", "scan")
+BACKENDS: tuple[str, ...] = ("auto", "compiled", "fused", "reference", "scan", "torch")
 
 #: ``(variant, data, batch_sizes, h0, weights, reverse, extras) -> (output, h_n)``
 LayerFunction = Callable[
@@ -43,6 +59,11 @@ def check_backend(backend: object, variant: str, owner: str) -> str:
             f"{owner}: variant {variant!r} runs torch's own implementation; "
             f"backend={backend!r} applies to the GRU variants only (use 'auto')"
         )
+    if backend == "torch" and variant != "gru":
+        raise ValueError(
+            f"{owner}: backend='torch' runs torch's own GRU kernel, which computes variant "
+            f"'gru' only; variant {variant!r} needs 'auto', 'fused' or 'reference'"
+        )
     if backend == "scan" and variant != "mingru":
         raise ValueError(
             f"{owner}: backend='scan' is minGRU's parallel scan; variant {variant!r} is "
@@ -55,6 +76,14 @@ def check_backend(backend: object, variant: str, owner: str) -> str:
 
         fused.unavailable_reason()
     return backend
+
+
+def uses_torch_gru(backend: str, variant: str, device: torch.device, options: bool) -> bool:
+    """Whether a layer runs torch's own GRU kernel: ``backend="torch"``, or ``"auto"`` for a
+    plain ``gru`` (no in-cell ``options``) on CUDA, where cuDNN runs the whole stack."""
+    if variant != "gru" or options:
+        return False
+    return backend == "torch" or (backend == "auto" and device.type == "cuda")
 
 
 def _fused_blocker(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -93,6 +122,8 @@ def layer_function(backend: str) -> LayerFunction:
         from grukit.scan import mingru_scan_layer as fn
     elif backend == "fused":
         from grukit.fused import fused_layer as fn
+    elif backend == "compiled":
+        from grukit.compiled import compiled_layer as fn
     else:
         raise ValueError(f"unresolved backend {backend!r}")
     _LAYER_FUNCTIONS[backend] = fn

@@ -225,6 +225,88 @@ def _scan_benchmark(shape: Shape, rounds: int, budget_s: float, seed: int, log: 
     }
 
 
+def _synced(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn`` that returns once the device has finished its work (CUDA runs asynchronously)."""
+    if device.type != "cuda":
+        return fn
+
+    def call() -> object:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return call
+
+
+def run_device_benchmark(
+    device: str,
+    shapes: Sequence[Shape],
+    variants: Sequence[str] = ("gru", "mgu"),
+    *,
+    rounds: int = 15,
+    budget_s: float = 20.0,
+    seed: int = 0,
+    log: Callable[[str], object] = print,
+) -> dict:
+    """``grukit bench --device cuda``: on ``device``, torch.nn.GRU (cuDNN on CUDA) and
+    torch.nn.LSTM beside grukit's ``auto`` choice (cuDNN through torch's GRU for ``gru``), its
+    reference loop and its compiled step (:mod:`grukit.compiled`) for each of ``variants``;
+    float32, interleaved rounds, medians and ratios to torch.nn.GRU."""
+    dev = torch.device(device)
+    fused.available()  # _machine asks the kernels which GEMM they call
+    report: dict = {"machine": _machine(), "device": str(dev), "shapes": {}}
+    if dev.type == "cuda":
+        report["device_name"] = torch.cuda.get_device_name(dev)
+        report["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+    for shape in shapes:
+        log(f"timing {shape} on {dev} ...")
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        x = (torch.rand(shape.steps, shape.batch, shape.input, generator=g) - 0.5).to(dev)
+        I, H = shape.input, shape.hidden
+        modules: dict[str, nn.Module] = {
+            "torch.nn.GRU": nn.GRU(I, H),
+            "torch.nn.LSTM": nn.LSTM(I, H),
+        }
+        for v in variants:
+            for backend in ("auto", "reference", "compiled"):
+                if backend == "auto" and v != "gru":
+                    continue  # auto is the reference loop for them on CUDA
+                modules[f"{backend} {v}"] = grukit.GRU(I, H, variant=v, backend=backend)
+        cands = []
+        for name, module in modules.items():
+            c = _module_candidate(name, module.to(dev), x)
+            c.forward, c.train = _synced(c.forward, dev), _synced(c.train, dev)
+            c.warmup = 3  # the compiled step compiles on its first calls
+            cands.append(c)
+        _measure(cands, rounds, budget_s)
+        med = {c.name: {k: statistics.median(v) for k, v in c.times.items()} for c in cands}
+        report["shapes"][shape.name] = {
+            "shape": vars(shape),
+            "rounds": len(cands[0].times["train"]),
+            "median_s": med,
+            "vs_torch_gru": {
+                n: {m: med[n][m] / med["torch.nn.GRU"][m] for m in ("forward", "train")}
+                for n in med
+            },
+        }
+    return report
+
+
+def format_device_report(report: dict) -> str:
+    lines = [f"device {report['device']} {report.get('device_name', '')}".rstrip()]
+    lines.append(_machine_line(report["machine"]))
+    for name, entry in report["shapes"].items():
+        lines.append(f"\n{name} {entry['shape']}: ms (x torch.nn.GRU), forward | train step")
+        for cand, med in entry["median_s"].items():
+            r = entry["vs_torch_gru"][cand]
+            lines.append(
+                f"  {cand:22s} {1e3 * med['forward']:9.3f} ({r['forward']:5.2f}x) | "
+                f"{1e3 * med['train']:9.3f} ({r['train']:5.2f}x)"
+            )
+    return "\n".join(lines)
+
+
 #: The in-cell option settings ``--options`` times (training mode: masks drawn every call).
 #: ``MASKS_GIVEN`` are timed once more with masks drawn once and passed in (``masks=``), which
 #: separates the kernel's cost from that of drawing the masks.
@@ -868,6 +950,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "onnxruntime's GRU (with the bench extra), and every variant's GRUCell, instead",
     )
     parser.add_argument(
+        "--device",
+        default=None,
+        help="time on this device (cuda, cuda:N) instead: torch.nn.GRU (cuDNN) beside grukit's "
+        "auto, reference and compiled paths for --variants (default gru,mgu here)",
+    )
+    parser.add_argument(
         "--contend-onnxruntime",
         action="store_true",
         help="with --contend: also time them with onnxruntime running in this process between "
@@ -889,7 +977,14 @@ def run(args: argparse.Namespace) -> int:
     bad = [v for v in variants if v not in grukit.VARIANTS]
     if bad:
         raise ConfigError(f"unknown variant(s) {bad}; valid: {', '.join(grukit.VARIANTS)}")
-    if args.peers:
+    if args.device:
+        chosen = variants if args.variants != ",".join(grukit.VARIANTS) else ["gru", "mgu"]
+        report = run_device_benchmark(
+            args.device, [SHAPES[s] for s in names], chosen, rounds=args.rounds,
+            budget_s=args.budget,
+        )  # fmt: skip
+        print(format_device_report(report))
+    elif args.peers:
         report = run_peers_benchmark(
             [SHAPES[s] for s in names], rounds=args.rounds, budget_s=args.budget
         )

@@ -50,7 +50,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer.resume(args.resume, overrides=overrides)
     else:
         trainer = Trainer(config_from_args(args.config, overrides))
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.dist.close()
+    if not trainer.dist.main:  # under torchrun, rank 0 reports
+        return 0
     run = Path(result["run"])
     print(
         f"best epoch {result['best_epoch']} of {result['epochs']} ({result['stopped_by']}); "
@@ -383,6 +388,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         pruner=args.pruner,
         pruner_startup_trials=args.pruner_startup_trials,
         pruner_warmup_epochs=args.pruner_warmup_epochs,
+        sampler=args.sampler,
         log=log,
     )
     if args.json:
@@ -423,6 +429,10 @@ def _tune_parser(sub: Any) -> None:
     p.add_argument(
         "--run.seed", dest="run.seed", type=int, default=argparse.SUPPRESS, metavar="INT",
         help="seed of every trial's run (default: the config's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--sampler", default="tpe", choices=["tpe", "grid"],
+        help="tpe (default), or grid: every combination of the space's choices once",
     )  # fmt: skip
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
                    help="stop bad trials early (default median)")  # fmt: skip

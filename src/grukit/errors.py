@@ -41,6 +41,11 @@ class ExportError(GrukitError, ValueError):
     opset), or the file to write already exists."""
 
 
+class ScriptingError(ExportError, RuntimeError):
+    """``torch.jit.script`` was asked to compile a grukit module, which it cannot: an
+    ExportError (a ValueError) and a RuntimeError, so code that catches either keeps working."""
+
+
 class InputError(GrukitError, ValueError, RuntimeError):
     """An input or state has the wrong shape, or is on the wrong device: a RuntimeError, as
     torch.nn.GRU raises, and a ValueError, as grukit raised before."""

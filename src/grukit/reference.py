@@ -13,7 +13,8 @@ rows, non-increasing in ``t``, so the sequences still running at step ``t`` are 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "LayerWeights",
     "block_layer_norm",
     "cell_step",
+    "expanded_weights",
     "g",
     "input_projection",
     "reference_layer",
@@ -40,6 +42,27 @@ class LayerWeights(NamedTuple):
     weight_hh: Tensor | None
     bias_ih: Tensor | None
     bias_hh: Tensor | None
+
+
+_EXPANDED_WEIGHTS_MODULE = "torch.nn.utils._expanded_weights.expanded_weights_impl"
+
+
+def expanded_weights(tensors: Sequence[Tensor | None]) -> list[Tensor]:
+    """The tensors among ``tensors`` that are torch's ``ExpandedWeight`` (the parameters
+    ``torch.nn.utils._per_sample_grad.call_for_per_sample_grads`` hands a module), which accept
+    only a few functions, here ``F.linear`` with the batch as the input's first dimension.
+
+    Costs nothing when torch's module was never imported (then no such tensor exists).
+    """
+    impl = sys.modules.get(_EXPANDED_WEIGHTS_MODULE)
+    if impl is None:
+        return []
+    return [t for t in tensors if isinstance(t, impl.ExpandedWeight)]
+
+
+def _is_expanded(t: Tensor | None) -> bool:
+    impl = sys.modules.get(_EXPANDED_WEIGHTS_MODULE)
+    return impl is not None and isinstance(t, impl.ExpandedWeight)
 
 
 def g(a: Tensor) -> Tensor:
@@ -89,6 +112,9 @@ def _gate_preactivation(
     width = len(v.gates) * H
     pre = gx[:, :width] if gate.x else None
     in_bias_hh = bias_hh is not None and gate.bias and (gate.h or not gate.x)
+    if gate.h and ln_hh is None and _is_expanded(weight_hh):  # per-sample grads: whole weights
+        hpart = F.linear(h, weight_hh, bias_hh if in_bias_hh else None)[:, :width]
+        return hpart if pre is None else pre + hpart
     b = bias_hh[:width] if in_bias_hh else None
     if gate.h:
         assert weight_hh is not None
@@ -132,9 +158,12 @@ def cell_step(
         gates = torch.sigmoid(_gate_preactivation(v, gx, hd, weight_hh, bias_hh, e.ln_hh))
         r = gates[:, :H]  # the reset gate: r (GRU family) or the forget gate f (MGU family)
         assert weight_hh is not None
-        b_n = None if bias_hh is None else bias_hh[-H:]
-        gain = None if e.ln_hh is None else e.ln_hh[-H:]
-        n = torch.tanh(gx[:, -H:] + _recurrent_term(r * hd, weight_hh[-H:], b_n, gain, H))
+        if e.ln_hh is None and _is_expanded(weight_hh):  # per-sample grads: whole weights
+            n = torch.tanh(gx[:, -H:] + F.linear(r * hd, weight_hh, bias_hh)[:, -H:])
+        else:
+            b_n = None if bias_hh is None else bias_hh[-H:]
+            gain = None if e.ln_hh is None else e.ln_hh[-H:]
+            n = torch.tanh(gx[:, -H:] + _recurrent_term(r * hd, weight_hh[-H:], b_n, gain, H))
         z = r if v.family == "mgu" else gates[:, H:]  # MGU: f writes; GRU: z keeps
     if e.candidate is not None:
         n = n * e.candidate  # candidate dropout: the update writes m n
@@ -153,6 +182,8 @@ def reference_layer(
     w: LayerWeights,
     reverse: bool = False,
     extras: CellExtras | None = None,
+    *,
+    cell: Callable[..., Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run one layer in one direction over packed sequences.
 
@@ -160,10 +191,16 @@ def reference_layer(
     batch_sizes[0]``. extras: masks and layer-norm gains (:class:`CellExtras`): recurrent
     ``(N, H)``, candidate and zoneout ``(R, H)`` (zoneout may be ``(H,)``). Returns ``(output
     (R, H), h_n (N, H))``; ``h_n[b]`` is the state after the last step of sequence ``b`` (its
-    first step when ``reverse``).
+    first step when ``reverse``). cell: the step function, :func:`cell_step` or a compiled
+    version of it (:mod:`grukit.compiled`).
     """
+    cell = cell_step if cell is None else cell
     e = extras if extras is not None else CellExtras()
-    gx_all = input_projection(data, w, e.ln_ih, h0.shape[-1])
+    H = h0.shape[-1]
+    expanded = expanded_weights(w)
+    # torch's per-sample gradients read the batch from the first dimension of a linear's input:
+    # with ExpandedWeight parameters, project each step's rows on their own, not all R at once
+    gx_all = None if expanded else input_projection(data, w, e.ln_ih, H)
     offsets = [0]
     for n in batch_sizes:
         offsets.append(offsets[-1] + n)
@@ -175,33 +212,42 @@ def reference_layer(
         return mask[offsets[t] : offsets[t + 1]]
 
     def step(t: int, h: Tensor) -> Tensor:
-        gx = gx_all[offsets[t] : offsets[t + 1]]
+        if gx_all is None:
+            gx = input_projection(data[offsets[t] : offsets[t + 1]], w, e.ln_ih, H)
+        else:
+            gx = gx_all[offsets[t] : offsets[t + 1]]
         if extras is None:
-            return cell_step(v, gx, h, w.weight_hh, w.bias_hh)
+            return cell(v, gx, h, w.weight_hh, w.bias_hh)
         n = h.shape[0]
         at_t = CellExtras(
             None if e.recurrent is None else e.recurrent[:n],
             rows(e.candidate, t), rows(e.zoneout, t), None, e.ln_hh,
         )  # fmt: skip
-        return cell_step(v, gx, h, w.weight_hh, w.bias_hh, at_t)
+        return cell(v, gx, h, w.weight_hh, w.bias_hh, at_t)
 
-    if not reverse:
-        h = h0
-        finished: list[Tensor] = []  # states of sequences that ended, longest last
-        for t, n in enumerate(batch_sizes):
-            if n < h.shape[0]:
-                finished.append(h[n:])
-                h = h[:n]
-            h = step(t, h)
-            outputs[t] = h
-        h_n = torch.cat([h, *reversed(finished)], 0)
-    else:
-        h = h0[: batch_sizes[-1]]
-        for t in reversed(range(len(batch_sizes))):
-            n = batch_sizes[t]
-            if n > h.shape[0]:  # sequences of length t + 1 start here, from their h0
-                h = torch.cat([h, h0[h.shape[0] : n]], 0)
-            h = step(t, h)
-            outputs[t] = h
-        h_n = h
+    for ew in expanded:  # packed steps have fewer rows than the batch (rows 0 .. n - 1)
+        ew.set_allow_smaller_batches(True)  # type: ignore[attr-defined]
+    try:
+        if not reverse:
+            h = h0
+            finished: list[Tensor] = []  # states of sequences that ended, longest last
+            for t, n in enumerate(batch_sizes):
+                if n < h.shape[0]:
+                    finished.append(h[n:])
+                    h = h[:n]
+                h = step(t, h)
+                outputs[t] = h
+            h_n = torch.cat([h, *reversed(finished)], 0)
+        else:
+            h = h0[: batch_sizes[-1]]
+            for t in reversed(range(len(batch_sizes))):
+                n = batch_sizes[t]
+                if n > h.shape[0]:  # sequences of length t + 1 start here, from their h0
+                    h = torch.cat([h, h0[h.shape[0] : n]], 0)
+                h = step(t, h)
+                outputs[t] = h
+            h_n = h
+    finally:
+        for ew in expanded:
+            ew.set_allow_smaller_batches(False)  # type: ignore[attr-defined]
     return torch.cat(outputs, 0), h_n

@@ -19,10 +19,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence
 
-from grukit.backends import check_backend, layer_function, resolve_backend
+from grukit.backends import check_backend, layer_function, resolve_backend, uses_torch_gru
 from grukit.cell_options import CellExtras, CellOptions, LayerMasks, check_masks, draw_masks
 from grukit.errors import ArgumentTypeError, InputError, InputTypeError
-from grukit.reference import LayerWeights
+from grukit.reference import LayerWeights, expanded_weights
 from grukit.variants import BASELINE_BLOCKS, BASELINES, VARIANTS, Variant, check_variant_name
 
 __all__ = ["GRU", "GRUCell", "count_parameters"]
@@ -111,6 +111,47 @@ def _layer_call(
         w = w._replace(weight_hh=w.weight_hh * masks.weight)
     extras = CellExtras(masks.recurrent, masks.candidate, masks.zoneout, *gains)
     return w, (None if extras.empty else extras)
+
+
+def _check_torch_backend(owner: str, backend: object, options: CellOptions) -> None:
+    """``backend="torch"`` is torch's plain GRU kernel: refuse in-cell options with it."""
+    if backend == "torch" and options.any:
+        raise ValueError(
+            f"{owner}: backend='torch' runs torch's own GRU kernel, which has no in-cell "
+            "options (recurrent_dropout, candidate_dropout, zoneout, layer_norm, weight_drop); "
+            "use backend='auto', 'fused' or 'reference' with them"
+        )
+
+
+def _call_backend(owner: str, module: nn.Module, backend: str) -> str:
+    """``backend``, or ``"reference"`` where only the reference can serve the call:
+
+    - under ``torch.jit.trace``: the fused kernels' autograd.Function (with grad) and their
+      inference path (without) trace as different graphs, so the trace's check fails, and a
+      Python autograd.Function cannot be saved (nor a compiled region traced); the reference
+      (and minGRU's scan) trace to plain aten ops;
+    - when torch's per-sample gradients (``call_for_per_sample_grads``) hand the module
+      ``ExpandedWeight`` parameters, which accept ``F.linear`` only: the reference's per-step
+      path keeps to it.
+    """
+    if backend not in ("reference", "scan") and torch.jit.is_tracing():
+        backend = "reference"
+    p = module._parameters
+    if not expanded_weights(list(p.values())):
+        return backend
+    options: CellOptions = module.cell_options  # type: ignore[assignment]
+    whh, bhh = p.get("weight_hh_l0", p.get("weight_hh")), p.get("bias_hh_l0", p.get("bias_hh"))
+    unaligned = whh is not None and bhh is not None and bhh.shape[0] != whh.shape[0]
+    if options.layer_norm or options.weight_drop or unaligned:
+        what = "layer_norm" if options.layer_norm else "weight_drop" if options.weight_drop else (
+            f"variant {module.variant!r} (its bias_hh and weight_hh have different rows)"
+        )  # fmt: skip
+        raise RuntimeError(
+            f"{owner}: torch's expanded weights (call_for_per_sample_grads) cannot run {what}, "
+            "which needs more than F.linear on the weights; compute per-sample gradients with "
+            "torch.func.vmap(torch.func.grad(loss)) instead"
+        )
+    return "reference"
 
 
 class _InCellOptions:
@@ -289,6 +330,7 @@ class GRU(_InCellOptions, nn.Module):
         self.cell_options = CellOptions(
             recurrent_dropout, candidate_dropout, zoneout, layer_norm, weight_drop
         ).check(variant, owner)
+        _check_torch_backend(owner, backend, self.cell_options)
         for name, value in (
             ("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)
         ):  # fmt: skip
@@ -351,10 +393,10 @@ class GRU(_InCellOptions, nn.Module):
                         names.append("")
                 self._weight_names.append(names)
         self._torch_template: nn.Module | None = None
-        if variant in BASELINES:
+        if variant in BASELINES or (variant == "gru" and not self.cell_options.any):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the dropout warning was given above
-                cls = nn.LSTM if variant == "lstm" else nn.RNN
+                cls = {"lstm": nn.LSTM, "rnn_tanh": nn.RNN, "gru": nn.GRU}[variant]
                 template = cls(
                     input_size,
                     hidden_size,
@@ -393,7 +435,44 @@ class GRU(_InCellOptions, nn.Module):
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
+        """The parameters per layer-direction, as ``torch.nn.GRU.all_weights`` (then the
+        layer-norm gains, with ``layer_norm``)."""
         return [[getattr(self, n) for n in names if n] for names in self._weight_names]
+
+    proj_size: int = 0  # torch.nn.GRU's attribute (grukit has no projections)
+
+    @property
+    def mode(self) -> str:
+        """torch.nn.RNNBase's ``mode``: ``"GRU"`` for variant ``gru`` (``"LSTM"``,
+        ``"RNN_TANH"`` for the baselines); any other variant's name upper-cased (``"MGU"``,
+        ``"MINGRU"``), so code that maps a torch mode to torch's kernels takes no other cell
+        for torch's."""
+        return self.variant.upper()
+
+    @property
+    def _all_weights(self) -> list[list[str]]:
+        """torch.nn.RNNBase's names of :attr:`all_weights`."""
+        return [[n for n in names if n] for names in self._weight_names]
+
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        """torch.nn.RNNBase's names of :attr:`_flat_weights`: ``weight_ih_l0, weight_hh_l0,
+        bias_ih_l0, bias_hh_l0, weight_ih_l0_reverse, ...`` (torch's order)."""
+        return [n for names in self._weight_names for n in names if n]
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """The parameters in torch's order (:attr:`_flat_weights_names`); read afresh on every
+        access, so in step with ``.to()``, ``load_state_dict`` and assignment as torch's is."""
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        from grukit.errors import ScriptingError
+
+        raise ScriptingError(
+            f"torch.jit.script cannot compile grukit's {type(self).__name__}: use torch.jit.trace "
+            "for a fixed input shape, torch.export.export, or ONNX (grukit.export.to_onnx)"
+        )
 
     def layer_weights(self, layer: int, direction: int = 0) -> LayerWeights:
         """The parameters of one layer-direction, as the backends take them."""
@@ -504,6 +583,12 @@ class GRU(_InCellOptions, nn.Module):
         if self.variant in BASELINES:
             _refuse_baseline_masks(owner, self.variant, masks)
             return self._forward_torch(input, hx)
+        if masks is None and uses_torch_gru(
+            self.backend, self.variant, ref.device, self.cell_options.any
+        ):  # cuDNN on CUDA: torch's GRU runs the whole stack
+            return self._forward_torch(input, hx)
+        if self.backend == "torch":
+            raise ValueError(f"{owner}: backend='torch' takes no masks (it has no in-cell options)")
         if masks is not None and len(masks) != len(self._weight_names):
             raise ValueError(
                 f"{owner}: masks must hold one LayerMasks per layer-direction "
@@ -563,6 +648,7 @@ class GRU(_InCellOptions, nn.Module):
         backend = resolve_backend(self.backend, variant, data.device, data.dtype)
         if batch_sizes[0] == 0:  # an empty batch (as torch: empty outputs, a working backward)
             backend = "reference"
+        backend = _call_backend(type(self).__name__, self, backend)
         self.__dict__["last_backend"] = backend  # (nn.Module.__setattr__ is slow per step)
         run = layer_function(backend)
         D = 2 if self.bidirectional else 1
@@ -590,7 +676,8 @@ class GRU(_InCellOptions, nn.Module):
         return layer_input, torch.stack(finals, 0)
 
     def _forward_torch(self, input: Any, hx: Any) -> tuple[Any, Any]:
-        """Baselines: torch's own LSTM/RNN on this module's parameters."""
+        """torch's own LSTM/RNN/GRU on this module's parameters (the baselines; ``gru`` on
+        backend ``torch``, or ``auto`` on CUDA)."""
         template = self._torch_template
         assert template is not None
         template.train(self.training)
@@ -625,7 +712,7 @@ class GRU(_InCellOptions, nn.Module):
             plans is not None and isinstance(hx, Tensor) and not torch.is_grad_enabled()
             and input.dim() == 2 and hx.dim() == 3 and hx.shape[0] == len(plans)
             and self.__dict__.get("backend") in ("auto", "fused")
-            and not (self.dropout > 0 and self.training)
+            and not (self.dropout > 0 and self.training) and not torch.jit.is_tracing()
         ):  # fmt: skip
             x, finals = input, []
             for k, plan in enumerate(plans):
@@ -780,6 +867,7 @@ class GRUCell(_InCellOptions, nn.Module):
         self.cell_options = CellOptions(
             recurrent_dropout, candidate_dropout, zoneout, layer_norm, weight_drop
         ).check(variant, type(self).__name__)
+        _check_torch_backend(type(self).__name__, backend, self.cell_options)
         # one layer, one direction: the parameters of a GRU without the "_l0" suffix
         # (bias as torch.nn.GRUCell reads it: any truthy value means biases)
         # hidden_size 0 (as torch.nn.GRUCell allows): the parameters of one unit, emptied
@@ -800,8 +888,8 @@ class GRUCell(_InCellOptions, nn.Module):
                     p = nn.Parameter(p.new_empty(shape))
                 self.register_parameter(kind, p)
         self._torch_template: nn.Module | None = None
-        if variant in BASELINES:
-            cls = nn.LSTMCell if variant == "lstm" else nn.RNNCell
+        if variant in BASELINES or (variant == "gru" and not self.cell_options.any):
+            cls = {"lstm": nn.LSTMCell, "rnn_tanh": nn.RNNCell, "gru": nn.GRUCell}[variant]
             object.__setattr__(
                 self,
                 "_torch_template",
@@ -811,6 +899,8 @@ class GRUCell(_InCellOptions, nn.Module):
     def reset_parameters(self) -> None:
         """Draw every parameter from ``U(-1/sqrt(H), 1/sqrt(H))``, as torch.nn.GRUCell does."""
         _reset_uniform(self, self.hidden_size)
+
+    __prepare_scriptable__ = GRU.__prepare_scriptable__
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -841,7 +931,7 @@ class GRUCell(_InCellOptions, nn.Module):
         plan = self.__dict__.get("_step_plan")  # inference on batched input: straight to the kernel
         if (
             plan is not None and masks is None and hx is not None and not torch.is_grad_enabled()
-            and self.__dict__.get("backend") in ("auto", "fused")
+            and self.__dict__.get("backend") in ("auto", "fused") and not torch.jit.is_tracing()
         ):  # fmt: skip
             out = plan(input, hx, self._parameters)
             if out is not None:
@@ -852,7 +942,9 @@ class GRUCell(_InCellOptions, nn.Module):
         if input.dim() not in (1, 2):
             raise ValueError(f"{owner}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         _check_features(owner, input, self.input_size)
-        if self._torch_template is not None:
+        if self.variant in BASELINES or (
+            masks is None and uses_torch_gru(self.backend, self.variant, ref.device, False)
+        ):  # the baselines; gru on backend "torch", or "auto" on CUDA (torch's fused cell)
             _refuse_baseline_masks(owner, self.variant, masks)
             self.last_backend = "torch"
             args = (input,) if hx is None else (input, hx)
@@ -879,6 +971,7 @@ class GRUCell(_InCellOptions, nn.Module):
         N = x.shape[0]
         if N == 0 or self.hidden_size == 0:  # as torch: empty results, a working backward
             backend = "reference"
+        backend = _call_backend(owner, self, backend)
         self.__dict__["last_backend"] = backend  # (nn.Module.__setattr__ is slow per step)
         weights, extras = _layer_call(
             owner, self.cell_options, variant,

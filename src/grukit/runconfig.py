@@ -203,13 +203,40 @@ class RuntimeConfig:
         "cpu, cuda, cuda:N, or auto (cuda when available). The fused kernels run on the CPU; "
         "on a GPU the reference path runs (minGRU: the parallel scan)",
     )
+    dtype: str = opt(
+        "float32", "float32, or float64 (the model and the data: for exactness checks)"
+    )
     out: str = opt("", "run folder (default runs/<task>-<data>-<variant>-<time>)")
     progress: bool = opt(True, "show a progress bar per epoch")
+    dist_timeout: float = opt(
+        300.0,
+        "data-parallel runs (torchrun): seconds a rank waits for the others before the run "
+        "fails with a clear error",
+    )
 
     def validate(self) -> None:
         _check(0 <= self.seed < 2**63, f"run.seed must be in [0, 2**63), got {self.seed}")
         _check(0 <= self.threads <= 4096, f"run.threads must be in [0, 4096], got {self.threads}")
         resolve_device(self.device)
+        _check(
+            self.dtype in RUN_DTYPES,
+            f"run.dtype must be one of {', '.join(RUN_DTYPES)}, got {self.dtype!r}",
+        )
+        _check(
+            math.isfinite(self.dist_timeout) and self.dist_timeout > 0,
+            f"run.dist_timeout must be a number of seconds > 0, got {self.dist_timeout}",
+        )
+
+    @property
+    def torch_dtype(self) -> Any:
+        """``dtype`` as a torch dtype."""
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+#: ``run.dtype`` values
+RUN_DTYPES: tuple[str, ...] = ("float32", "float64")
 
 
 #: The sections common to every task; ``[task]`` is the task's own ``Config``.
@@ -227,6 +254,7 @@ RESUMABLE_KEYS = frozenset(
         "run.progress",
         "run.out",
         "run.device",
+        "run.dist_timeout",
     }
 )
 

@@ -18,6 +18,7 @@ metrics of the best checkpoint on every split), ``curves.png`` and the task's re
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -26,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from grukit import rundir
 from grukit.checkpoint import (
@@ -36,6 +38,7 @@ from grukit.checkpoint import (
     save_checkpoint,
     validate_trainer_meta,
 )
+from grukit.distributed import Distributed
 from grukit.errors import CheckpointError, ConfigError, DataError, TrainingError
 from grukit.runconfig import (
     RESUMABLE_KEYS,
@@ -133,14 +136,21 @@ class Trainer:
             config.run.out = config.default_out()
         self.run_dir = Path(config.run.out)
         self._resuming = _resuming
-        if not _resuming:
-            rundir.check_fresh(self.run_dir)  # fail early; claimed under the lock in fit()
         torch.manual_seed(config.run.seed)
         self.task = task if task is not None else load_task(
             config.task, progress=config.run.progress
         )  # fmt: skip
-        self.device = resolve_device(config.run.device)
-        self.model = build_model(config, self.task).to(self.device)
+        self.dist = Distributed.from_env(
+            resolve_device(config.run.device), timeout_s=config.run.dist_timeout
+        )
+        if not self.dist.main:
+            self.log = log = _quiet
+        self.dist.check_task(self.task)
+        self.local_batch_size = self.dist.local_batch_size(config.optim.batch_size)
+        self.device = self.dist.device
+        self.dtype = config.run.torch_dtype
+        self.model = build_model(config, self.task).to(self.device, self.dtype)
+        self.train_model = self.dist.wrap(self.model)  # DistributedDataParallel across ranks
         # the weights that are evaluated: an exponential moving average of the trained ones
         ema = config.optim.ema > 0
         self.averaged = copy.deepcopy(self.model) if ema else self.model
@@ -155,6 +165,8 @@ class Trainer:
         self.best_epoch = 0
         self.since_best = 0
         self.history: list[dict[str, Any]] = []
+        if not _resuming:  # fail early; claimed under the lock in fit()
+            self.dist.run_on_main(lambda: rundir.check_fresh(self.run_dir))
 
     # ------------------------------------------------------------------ construction
 
@@ -265,8 +277,11 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, split: str) -> dict[str, Any]:
-        """The task's metrics on ``split`` (see :func:`evaluate`), of the evaluated weights."""
-        return evaluate(self.task, self.averaged, split)
+        """The task's metrics on ``split`` (see :func:`evaluate`), of the evaluated weights
+        (data-parallel: each rank evaluates its shard and the statistics are added)."""
+        return evaluate(
+            self.task, self.averaged, split, place=self.dist if self.dist.active else None
+        )
 
     # ------------------------------------------------------------------ training
 
@@ -290,27 +305,38 @@ class Trainer:
         start = time.perf_counter()
         unit = self.task.unit
         bar = _Progress(
-            self.config.run.progress,
+            self.config.run.progress and self.dist.main,
             self.task.size("train") or None,
             f"epoch {epoch}/{c.epochs}",
             unit,
         )
         self.task.start_epoch(epoch)
+        world = self.dist.world
+        if self.dist.active:  # dropout and weight noise: each rank its own draws
+            torch.manual_seed((self.config.run.seed * 1_000_003 + epoch) * 4099 + self.dist.rank)
         try:
             batches = self.task.batches(
-                "train", c.batch_size, shuffle=True, generator=self._epoch_generator(epoch)
+                "train",
+                self.local_batch_size,
+                shuffle=True,
+                generator=self._epoch_generator(epoch),
             )
-            for step, batch in enumerate(batches, 1):
+            for step, (batch, weight) in enumerate(self.dist.train_batches(iter(batches)), 1):
+                batch = _cast_batch(batch, self.dtype)
                 clean = self._add_weight_noise()
-                loss_sum, n = self.task.loss(self.model, batch)
-                loss = loss_sum / n
+                loss_sum, n = self.task.loss(self.train_model, batch)
+                if world > 1:  # DDP averages over ranks: scale to the global sum / count
+                    (global_n,) = self.dist.sum(n * weight)
+                    loss = loss_sum * (weight * world / global_n)
+                else:
+                    loss = loss_sum / n
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"the training loss became {loss.item()} at epoch {epoch}, step {step}; "
                         "try a lower --lr or a --clip-grad-norm"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                self.dist.guard("the gradient all-reduce", loss.backward)
                 if clean is not None:  # the gradient at the noisy weights moves the clean ones
                     with torch.no_grad():
                         for p, w in zip(self.model.parameters(), clean, strict=True):
@@ -321,13 +347,15 @@ class Trainer:
                 if c.ema > 0:
                     self._average()
                 self.updates += 1
-                total += loss_sum.item()
-                count += n
-                items += batch.items
+                total += loss_sum.item() * weight
+                count += n * weight
+                items += batch.items * weight
                 rate = items / (time.perf_counter() - start)
                 bar.update(batch.items, loss=f"{total / count:.3f}", **{f"{unit}_s": f"{rate:.0f}"})
         finally:
             bar.close()
+        if world > 1:
+            total, count, items = self.dist.sum(total, count, items)
         if count == 0:
             raise DataError("the train split produced no batches")
         seconds = time.perf_counter() - start
@@ -346,17 +374,27 @@ class Trainer:
         return clean
 
     def fit(self) -> dict[str, Any]:
-        """Train until ``epochs`` or early stopping; return the best checkpoint's metrics."""
+        """Train until ``epochs`` or early stopping; return the best checkpoint's metrics.
+        Data-parallel, rank 0 alone holds the run's lock and writes the folder."""
+        if not self.dist.main:
+            self.dist.run_on_main(lambda: None)  # rank 0 claims the folder
+            return self._fit()
         with rundir.RunLock(self.run_dir, create=not self._resuming):
-            rundir.claim(self.run_dir, resume=self._resuming)
-            if self._resuming:  # drop a line cut short by a kill, and epochs past the checkpoint
-                rundir.restore_metrics(self.run_dir, epochs=self.epoch)
+
+            def claim() -> None:
+                rundir.claim(self.run_dir, resume=self._resuming)
+                if self._resuming:  # drop a line cut short by a kill, and later epochs
+                    rundir.restore_metrics(self.run_dir, epochs=self.epoch)
+
+            self.dist.run_on_main(claim)
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
         c = self.config
         monitor = self.task.monitor
-        c.save_toml(self.run_dir / "config.toml")
+        main = self.dist.main
+        if main:
+            c.save_toml(self.run_dir / "config.toml")
         if self.epoch == 0:
             self.log(
                 f"training {c.model.variant} ({_count_parameters(self.model)} parameters, "
@@ -403,23 +441,29 @@ class Trainer:
             else:
                 self.since_best += 1
             self.epoch = epoch
+            # rank 0's clock and timings, so every rank takes the same time-budget decision
             row["elapsed_s"] = time.perf_counter() - clock
+            if self.dist.active:
+                row.update(self.dist.from_main({k: row[k] for k in _TIMING_KEYS if k in row}))
             self.history.append(row)
-            if improved:
-                self._save("best")
-            rundir.append_metrics(self.run_dir, row)
-            self._save("last")
+            if main:
+                if improved:
+                    self._save("best")
+                rundir.append_metrics(self.run_dir, row)
+                self._save("last")
             self.log(
                 f"epoch {epoch:3d}  train loss {row['train_loss']:.4f}  valid {monitor} "
                 f"{valid:.4f}{'  *' if improved else ''}  {row['seconds']:.2f}s "
                 f"({row[f'{self.task.unit}_per_s']:.0f} {self.task.unit}/s)"
             )
-            if self.on_epoch is not None:
+            if self.on_epoch is not None and main:
                 self.on_epoch(row)
         return self._finish(stopped)
 
     def _finish(self, stopped: str) -> dict[str, Any]:
-        load_checkpoint(self.run_dir / "checkpoints" / "best", model=self.averaged)
+        if self.dist.main:
+            load_checkpoint(self.run_dir / "checkpoints" / "best", model=self.averaged)
+        self.dist.broadcast_module(self.averaged)
         c = self.config
         result: dict[str, Any] = {
             "run": str(self.run_dir),
@@ -441,6 +485,8 @@ class Trainer:
         for split in ("train", "valid", "test"):
             if self.task.size(split) or split == "train":  # a task may have no test split
                 result[split] = self.evaluate(split)
+        if not self.dist.main:
+            return result
         reports: dict[str, str] = {}
         try:
             from grukit.plots import plot_curves
@@ -488,6 +534,32 @@ class Trainer:
         )
 
 
+_TIMING_KEYS = ("seconds", "elapsed_s")
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _cast_value(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, PackedSequence):
+        if value.data.is_floating_point():
+            return value._replace(data=value.data.to(dtype))
+        return value
+    if isinstance(value, Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    return value
+
+
+def _cast_batch(batch: Any, dtype: torch.dtype) -> Any:
+    """``batch`` (a task's dataclass) with its floating tensors in ``dtype`` (``run.dtype``)."""
+    if dtype == torch.float32 or not dataclasses.is_dataclass(batch):
+        return batch
+    fields = dataclasses.fields(batch)
+    changes = {f.name: _cast_value(getattr(batch, f.name), dtype) for f in fields}
+    return dataclasses.replace(batch, **changes)
+
+
 def _float_of(state: Mapping[str, Any], key: str, default: float) -> float:
     value = state.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
@@ -511,12 +583,27 @@ def _resume_state(model: nn.Module, averaged: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(task: Task, model: nn.Module, split: str, batch_size: int = 64) -> dict[str, Any]:
-    """The task's metrics on ``split`` (for music: NLL per predicted frame), in eval mode."""
+def evaluate(
+    task: Task,
+    model: nn.Module,
+    split: str,
+    batch_size: int = 64,
+    *,
+    place: Distributed | None = None,
+) -> dict[str, Any]:
+    """The task's metrics on ``split`` (for music: NLL per predicted frame), in eval mode, with
+    the batches in the model's floating dtype. With ``place`` (a data-parallel run) each rank
+    evaluates its shard of the batches and the task's statistics of all ranks are added."""
     model.eval()
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    batches: Any = (_cast_batch(b, dtype) for b in task.batches(split, batch_size))
+    if place is not None:
+        batches = place.eval_batches(batches)
     sums: dict[str, Any] = {}
-    for batch in task.batches(split, batch_size):
+    for batch in batches:
         add_sums(sums, task.eval_sums(model, batch))
+    if place is not None:
+        sums = place.add_sums(sums)
     if not sums:
         raise DataError(f"the {split} split is empty")
     return task.metrics(sums, split)
@@ -551,7 +638,7 @@ def load_run(
         config = config.replace(**changes)
     task = load_task(config.task, progress=False, state=meta.get("task_state") or {})
     model = build_model(config, task)
-    model.to(resolve_device(config.run.device))
+    model.to(resolve_device(config.run.device), config.run.torch_dtype)
     if which == "last" and config.optim.ema > 0:  # last holds the trained and averaged weights
         averaged = copy.deepcopy(model)
         load_checkpoint(path, model=_resume_state(model, averaged))

@@ -171,6 +171,19 @@ class Param:
             )
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
+    def grid(self) -> list[Any]:
+        """Every value of this key, for the grid sampler: the choices, or a stepped range."""
+        if self.kind == "choice":
+            return list(self.choices)
+        if self.step is None or self.log:
+            raise ConfigError(
+                f"--sampler grid needs every key as choices or a stepped linear range; "
+                f"{self.describe()} is continuous"
+            )
+        count = round((self.high - self.low) / self.step) + 1  # type: ignore[operator]
+        values = [self.low + i * self.step for i in range(count)]  # type: ignore[operator]
+        return [int(v) for v in values] if self.kind == "int" else [float(v) for v in values]
+
     def describe(self) -> str:
         if self.kind == "choice":
             return f"{self.key} in {list(self.choices)}"
@@ -436,6 +449,7 @@ def tune(
     pruner: str | Any = "median",
     pruner_startup_trials: int = 5,
     pruner_warmup_epochs: int = 0,
+    sampler: str = "tpe",
     log: Callable[[str], object] = print,
 ) -> dict[str, Any]:
     """Run ``trials`` trials of a search (see the module docstring) and write the table, plot
@@ -446,6 +460,9 @@ def tune(
     names the study (default: ``out``'s folder name); with ``storage`` it is created or resumed
     (its trial numbers continue) and may be shared by several processes, each running its own
     ``trials``. ``pruner`` is ``"median"``, ``"hyperband"``, ``"none"`` or an Optuna pruner.
+    ``sampler`` is ``"tpe"`` (Optuna's TPE, seeded by ``seed``) or ``"grid"``: every
+    combination of the keys' values once, in an order drawn from ``seed`` (each key given as
+    choices or a stepped range; the study ends when the grid is done).
 
     Returns ``{"study", "task", "monitor", "direction", "trials", "complete", "pruned",
     "failed", "best_value", "best_trial", "best_params", "best_run", "best_config", "table",
@@ -477,10 +494,17 @@ def tune(
             optuna, pruner, startup=pruner_startup_trials, warmup=pruner_warmup_epochs,
             epochs=epochs,
         )  # fmt: skip
+    if sampler == "tpe":
+        chosen = optuna.samplers.TPESampler(seed=seed)
+    elif sampler == "grid":
+        grid = {key: p.grid() for key, p in params.items()}
+        chosen = optuna.samplers.GridSampler(grid, seed=seed)
+    else:
+        raise ConfigError(f"--sampler must be tpe or grid, got {sampler!r}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # grukit logs each trial itself
     the_study = optuna.create_study(
         study_name=name, storage=_storage(optuna, storage), load_if_exists=storage is not None,
-        sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, direction=direction,
+        sampler=chosen, pruner=pruner, direction=direction,
     )  # fmt: skip
     if the_study.direction.name.lower() != direction:
         raise ConfigError(

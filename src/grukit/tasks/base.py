@@ -87,6 +87,9 @@ class Task(ABC):
     #: config it starts from and the learning rates it tries, when the user gives none
     compare_models: ClassVar[tuple[tuple[str, int], ...]] = ()
     compare_config: ClassVar[str | None] = None
+    #: why the task's batches cannot be split over data-parallel ranks (None: they can; each
+    #: rank then takes every N-th batch, :mod:`grukit.distributed`)
+    unshardable: ClassVar[str | None] = None
     compare_lrs: ClassVar[tuple[float, ...]] = ()
 
     config: TaskConfig

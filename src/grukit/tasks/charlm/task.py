@@ -121,6 +121,10 @@ class CharLMTask(Task):
         "optim.patience": 5, "optim.plateau_patience": 1,
     }  # fmt: skip
     compare_models = (("gru", 512), ("mingru", 0), ("lstm", 0))
+    unshardable = (
+        "each batch continues the previous one's streams with their carried state, so the "
+        "streams would have to be split over the ranks (not implemented); train it in one process"
+    )
 
     def __init__(self, data: TextData, config: CharLMConfig | None = None) -> None:
         self.config = config or CharLMConfig(data=data.name)
