@@ -192,3 +192,23 @@ def test_the_device_benchmark_times_every_path(aot_eager: None) -> None:
     }  # fmt: skip
     assert entry["vs_torch_gru"]["torch.nn.GRU"] == {"forward": 1.0, "train": 1.0}
     assert "compiled mgu" in format_device_report(report)
+
+
+@pytest.mark.parametrize("cls", [grukit.GRU, grukit.GRUCell])
+def test_the_modules_take_the_cuda_decision_as_on_a_gpu(
+    cls: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The modules' dispatch, with every tensor's device read as CUDA: a plain gru goes to
+    torch's kernel; in-cell options, another variant or given masks stay on grukit's path."""
+    import grukit.rnn
+
+    real = grukit.rnn.uses_torch_gru
+    monkeypatch.setattr(grukit.rnn, "uses_torch_gru", lambda b, v, d, o: real(b, v, CUDA, o))
+    x = torch.randn(3, 4) if cls is grukit.GRUCell else torch.randn(5, 3, 4)
+    for kwargs, expected in (
+        ({}, "torch"), ({"zoneout": 0.1}, "fused"), ({"variant": "mgu"}, "fused"),
+        ({"layer_norm": True}, "fused"),
+    ):  # fmt: skip
+        module = cls(4, 6, **kwargs)
+        module(x)
+        assert module.last_backend == expected, kwargs

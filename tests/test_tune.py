@@ -132,7 +132,7 @@ def test_the_grid_sampler_runs_every_combination_once_and_stops(
 ) -> None:
     space = write_space(
         tmp_path,
-        '[model]\nhidden_size = { low = 4, high = 8, step = 4 }\n'
+        "[model]\nhidden_size = { low = 4, high = 8, step = 4 }\n"
         'variant = { choices = ["gru", "mgu"] }\n',
     )
     study = tmp_path / "study"

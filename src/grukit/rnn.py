@@ -943,7 +943,8 @@ class GRUCell(_InCellOptions, nn.Module):
             raise ValueError(f"{owner}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         _check_features(owner, input, self.input_size)
         if self.variant in BASELINES or (
-            masks is None and uses_torch_gru(self.backend, self.variant, ref.device, False)
+            masks is None
+            and uses_torch_gru(self.backend, self.variant, ref.device, self.cell_options.any)
         ):  # the baselines; gru on backend "torch", or "auto" on CUDA (torch's fused cell)
             _refuse_baseline_masks(owner, self.variant, masks)
             self.last_backend = "torch"
