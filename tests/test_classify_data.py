@@ -409,6 +409,24 @@ def test_load_classification_dispatches_names_and_paths(
         load_classification(str(tmp_path / "x.csv"))
 
 
+def test_named_mnist_view_of_a_local_copy(tmp_path: Path) -> None:
+    path = tmp_path / "m.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 60000),
+        x_test=rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 10000),
+    )
+    pixels = load_classification(f"MNIST-pixels:{path}")
+    assert pixels.name == "mnist-pixels" and pixels.test.x[0].shape == (784, 1)
+    assert pixels.metadata["file"] == str(path)
+    assert load_classification(f"mnist-rows:{path}").train.x[0].shape == (28, 28)
+    with pytest.raises(DataError, match="no such file"):
+        load_classification(f"mnist-rows:{tmp_path / 'absent.npz'}")
+
+
 def test_japanese_vowels_without_the_packages_says_what_to_do(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -344,6 +344,58 @@ def test_compare_only_trains_the_named_models_sized_as_in_the_whole_comparison(
     ]
 
 
+def test_compare_variant_with_units_resizes_the_tasks_own_model(
+    tiny_pickle: Path, tmp_path: Path, capsys
+) -> None:
+    status, out, err = call(
+        capsys, "compare", "--data", tiny_pickle, "--epochs", 1, "--json", "--no-progress",
+        "--out", tmp_path / "runs", "--variants", "gru:20,mgu", "--only", "gru,mgu",
+        "--lrs", "0.01",
+    )  # fmt: skip
+    assert status == 0, err
+    models = {m["variant"]: m for m in json.loads(out)["models"]}
+    assert models["gru"]["model"] == "gru-20"  # not the task's gru-46
+    # 3 * (88*20 + 20*20 + 2*20) + (20*88 + 88); the mgu is sized to it
+    assert models["gru"]["parameters"] == 8448
+    assert 0.95 <= models["mgu"]["parameters"] / 8448 <= 1.05
+
+
+def test_compare_run_again_keeps_finished_runs_and_resumes_a_killed_one(
+    tiny_pickle: Path, tmp_path: Path, capsys
+) -> None:
+    runs = tmp_path / "runs"
+    args = [
+        "compare", "--data", tiny_pickle, "--epochs", 2, "--json", "--no-progress", "--out",
+        runs, "--only", "gru", "--lrs", "0.01", "--seeds", 2,
+    ]  # fmt: skip
+    status, out, err = call(capsys, *args)
+    assert status == 0, err
+    first = json.loads(out)
+    seed0, seed1 = runs / "gru-46-lr0.01-seed0", runs / "gru-46-lr0.01-seed1"
+    stamp = (seed0 / "final.json").stat().st_mtime_ns
+    (seed1 / "final.json").unlink()  # as if the compare was killed before seed 1 finished
+    status, out, err = call(capsys, *args)
+    assert status == 0, err
+    assert (seed0 / "final.json").stat().st_mtime_ns == stamp, "a finished run was retrained"
+    assert final(seed1)["epochs"] == 2 and json.loads(out)["models"] == first["models"]
+    # the same folders under other settings are refused, not overwritten
+    status, out, err = call(capsys, *args, "--weight-noise", 0.2)
+    assert status == 2 and "holds a finished run with other settings" in err
+    assert "optim.weight_noise" in err and (seed0 / "final.json").stat().st_mtime_ns == stamp
+
+
+def test_compare_table_of_a_task_without_a_test_split() -> None:
+    from grukit.compare import format_table
+
+    row = {
+        "model": "gru-8", "parameters": 100, "lr": 0.01, "seeds": 1, "train_nll": 1.5,
+        "train_nll_std": 0.0, "valid_nll": 1.75, "valid_nll_std": 0.0, "seconds_per_epoch": 0.5,
+        "best_epoch": 3,
+    }  # fmt: skip
+    table = format_table({"task": "charlm", "data": "x", "monitor": "nll", "models": [row]})
+    assert "| gru-8 | 100 | 0.01 | 1.5 | 1.75 | - | 0.50 | 3 |" in table
+
+
 @pytest.mark.parametrize(
     ("flags", "words"),
     [

@@ -14,6 +14,7 @@ On the music task with no ``--variants`` this is Chung et al. 2014 (the task's
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -22,8 +23,9 @@ from typing import Any
 
 import torch
 
+from grukit.checkpoint import read_meta
 from grukit.errors import ConfigError
-from grukit.runconfig import RunConfig
+from grukit.runconfig import RESUMABLE_KEYS, RunConfig, run_config_from_dict
 from grukit.tasks import get_task, load_task
 from grukit.tasks.base import Task
 from grukit.variants import ALL_VARIANTS
@@ -109,6 +111,7 @@ def compare(
     ``seconds_per_epoch``, ``best_epoch``, ``runs`` and ``paper_{split}_{monitor}`` where the
     task has published numbers.
     """
+    from grukit.train import Trainer
     from grukit.tune import train_and_score  # the one "train a config, keep its metric"
 
     base = _base_config(config, overrides or {})
@@ -117,9 +120,12 @@ def compare(
         raise ConfigError(f"learning rates must be positive, got {lrs}")
     task = load_task(base.task, progress=base.run.progress)
     wanted: list[tuple[str, int | None]] = list(task.compare_models)
-    for variant, units in models or ():
-        if all(variant != v for v, _ in wanted):
+    for variant, units in models or ():  # VARIANT:UNITS resizes a model of the task's list
+        known = [i for i, (v, _) in enumerate(wanted) if v == variant]
+        if not known:
             wanted.append((variant, units))
+        elif units is not None:
+            wanted[known[0]] = (variant, units)
     if not wanted:
         raise ConfigError(f"task {task.name!r} has no default models: pass --variants")
     if only:  # one comparison split over processes: each trains some models, sized as in all
@@ -155,7 +161,12 @@ def compare(
                     "run.seed": seed, "run.out": str(Path(out) / name),
                 })  # fmt: skip
                 log(f"== {variant} with {hidden} units, learning rate {lr:g}, seed {seed} ==")
-                _, result = train_and_score(cfg, task=task, log=log)
+                result = _finished_result(cfg)
+                last = Path(cfg.run.out) / "checkpoints" / "last" / "meta.json"
+                if result is None and last.is_file():  # a compare killed mid-run goes on
+                    result = Trainer.resume(cfg.run.out, log=log).fit()
+                elif result is None:
+                    _, result = train_and_score(cfg, task=task, log=log)
                 by_lr.setdefault(lr, []).append(result)
         pick = max if task.modes[monitor] == "max" else min
         lr = pick(by_lr, key=lambda k: statistics.fmean(r["valid"][monitor] for r in by_lr[k]))
@@ -169,6 +180,8 @@ def compare(
             "seeds": len(results),
         }
         for split in ("train", "valid", "test"):
+            if any(split not in r for r in results):  # a task without a test split
+                continue
             values = [r[split][monitor] for r in results]
             row[f"{split}_{monitor}"] = statistics.fmean(values)
             row[f"{split}_{monitor}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -195,6 +208,25 @@ def compare(
     }
 
 
+def _finished_result(config: RunConfig) -> dict[str, Any] | None:
+    """The result of ``config``'s run if its folder holds that run finished (``final.json``),
+    so that a compare run again after a kill keeps what it trained; ``None`` if it has not
+    finished. A folder that holds another configuration is refused."""
+    run = Path(config.run.out)
+    final, last = run / "final.json", run / "checkpoints" / "last"
+    if not (final.is_file() and (last / "meta.json").is_file()):
+        return None
+    saved = run_config_from_dict(read_meta(last)["config"], source=f"{last}/meta.json").flat()
+    wanted = config.flat()
+    differ = sorted(k for k in wanted if k not in RESUMABLE_KEYS and saved.get(k) != wanted[k])
+    if differ:
+        raise ConfigError(
+            f"{run} holds a finished run with other settings ({', '.join(differ)}); pass "
+            "another --out to compare afresh"
+        )
+    return json.loads(final.read_text())
+
+
 def format_table(report: Mapping[str, Any]) -> str:
     """A Markdown table of :func:`compare`'s result, published numbers beside ours."""
     m = report["monitor"]
@@ -204,9 +236,13 @@ def format_table(report: Mapping[str, Any]) -> str:
         key=("train", "valid", "test").index,
     )
     seeds = max(r["seeds"] for r in report["models"])
-    cell = (lambda r, s: f"{r[f'{s}_{m}']:.4g} ± {r[f'{s}_{m}_std']:.2g}") if seeds > 1 else (
-        lambda r, s: f"{r[f'{s}_{m}']:.4g}"
-    )  # fmt: skip
+
+    def cell(r: Mapping[str, Any], s: str) -> str:
+        if f"{s}_{m}" not in r:  # a task without that split (the char-LM's test part)
+            return "-"
+        mean = f"{r[f'{s}_{m}']:.4g}"
+        return f"{mean} ± {r[f'{s}_{m}_std']:.2g}" if seeds > 1 else mean
+
     head = f"| model | parameters | lr | train {m} | valid {m} | test {m} | s/epoch | best epoch |"
     rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
     for s in paper_splits:

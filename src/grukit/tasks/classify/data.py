@@ -5,7 +5,8 @@ float32 ``(T_i, C)`` sequences with int64 class indices into ``classes``. Named 
 (:data:`CLASSIFICATION_DATASETS`): ``japanesevowels`` (read from the copy shipped inside the
 ``sktime`` or ``aeon`` wheel: offline), ``mnist-rows`` (28 steps of 28 pixels),
 ``mnist-pixels`` (784 steps of 1) and ``mnist-pixels-permuted`` (one fixed permutation of the
-pixels, seed 0), downloaded once into the checked cache of :mod:`grukit.data.download`.
+pixels, seed 0), downloaded once into the checked cache of :mod:`grukit.data.download`, or
+read from a local copy of ``mnist.npz`` spelled ``mnist-pixels:PATH``.
 
 Every problem with a file raises :class:`~grukit.errors.DataError` naming the file (and the
 line or case) and saying what was expected and what came.
@@ -671,15 +672,16 @@ def load_classification(
     (:func:`load_npz`)."""
     names = ", ".join(CLASSIFICATION_DATASETS)
     if isinstance(spec, str):
-        key = spec.strip().lower().replace("_", "-")
-        if key in ("japanesevowels", "japanese-vowels"):
+        head, colon, local = spec.strip().partition(":")
+        key = head.lower().replace("_", "-")
+        views = {"mnist-rows": ("rows", None), "mnist-pixels": ("pixels", None),
+                 "mnist-pixels-permuted": ("pixels", 0)}  # fmt: skip
+        if key in ("japanesevowels", "japanese-vowels") and not colon:
             return load_japanese_vowels()
-        if key == "mnist-rows":
-            return load_mnist("rows", progress=progress)
-        if key == "mnist-pixels":
-            return load_mnist("pixels", progress=progress)
-        if key == "mnist-pixels-permuted":
-            return load_mnist("pixels", permute_seed=0, progress=progress)
+        if key in views:  # "mnist-pixels:PATH": the named view of a local copy of mnist.npz
+            view, seed = views[key]
+            path = Path(local).expanduser() if colon else None
+            return load_mnist(view, path=path, permute_seed=seed, progress=progress)
     elif not isinstance(spec, os.PathLike):
         raise DataError(f"expected a data set name ({names}) or a path, got {type(spec).__name__}")
     path = Path(spec).expanduser()
