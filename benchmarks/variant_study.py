@@ -3,17 +3,23 @@
 
     python benchmarks/variant_study.py run --tasks mnist-rows,jsb --out runs/variant-study
     python benchmarks/variant_study.py run --tasks mnist-pixels --out runs/variant-study
-    python benchmarks/variant_study.py table --out runs/variant-study > docs/variant-study.md
+    python benchmarks/variant_study.py cost --out runs/variant-study
+    python benchmarks/variant_study.py table --out runs/variant-study
 
 ``run`` trains one task after another (one thread each: start two processes with different
 ``--tasks``, or ``--only`` different variants of one task, to use two cores) and writes
 ``OUT/TASK.json`` (the comparison's rows) and the run folders under ``OUT/TASK/``; run again, it
 keeps the finished run folders and resumes a killed one (as ``grukit compare`` does).
-``table`` prints one Markdown table per finished task. Every model of a task is sized to the
-task's ``gru`` reference (the units in :data:`TASKS`) by
-:func:`grukit.compare.matched_hidden_size`; every model gets the same settings and budget
-(epochs, not minutes), so the column "s/epoch" compares cost and the metric columns compare
-what each variant learns in that budget. Data come from ``--shared`` (the workplace's copies)
+``cost`` times one training step (forward, loss, backward) of every variant's model of a task,
+at the study's sizes, on a few of the task's own training batches, the variants interleaved in
+one process and repeated (median of the rounds), and writes ``OUT/TASK.cost.json``: the
+cost column of the table, a fairer one than the runs' seconds per epoch when several runs
+shared the cores. ``table`` prints one Markdown table per finished task. Every model of a task
+is sized to the task's ``gru`` reference (the units in :data:`TASKS`) by
+:func:`grukit.compare.matched_hidden_size` (the music task keeps the sizes of its own list,
+Chung et al.'s LSTM-36 and tanh-RNN-100); every model gets the same settings and budget
+(epochs, not minutes), so the metric columns compare what each variant learns in that budget
+and the cost columns what it costs. Data come from ``--shared`` (the workplace's copies)
 so the study runs offline; each ``data`` below is the spelling ``grukit train --data`` takes.
 """
 
@@ -119,8 +125,74 @@ def run_task(
     return report
 
 
-def format_task(report: dict[str, Any]) -> str:
-    """One Markdown table of a task's report: mean ± std over seeds and seconds per epoch."""
+def step_costs(
+    task: str, out: Path, shared: Path, threads: int, rounds: int = 7, batches: int = 3
+) -> dict[str, Any]:
+    """Milliseconds per training step of each variant's model of ``task`` (sized as in
+    ``OUT/TASK.json``): ``batches`` of the task's training batches, forward, loss and backward,
+    the variants interleaved in a new order each round; the median over ``rounds``. Written to
+    ``OUT/TASK.cost.json``."""
+    import dataclasses
+    import random
+    import statistics
+    import time
+    from itertools import islice
+
+    import torch
+
+    from grukit.tasks import load_task
+    from grukit.train import config_from_args
+
+    report = json.loads((out / f"{task}.json").read_text())
+    config, data, _, overrides, _ = TASKS[task]
+    settings = {"task.data": data.format(shared=shared), "run.progress": False, **overrides}
+    base = config_from_args(config, settings, announce=lambda s: None)
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    loaded = load_task(base.task, progress=False)
+    loaded.start_epoch(1)
+    feed = list(islice(loaded.batches("train", base.optim.batch_size), batches))
+    models = {
+        r["variant"]: loaded.build_model(
+            dataclasses.replace(base.model, variant=r["variant"], hidden_size=r["hidden_size"]),
+            base.cell,
+        ).train()
+        for r in report["models"]
+    }  # fmt: skip
+
+    def steps(model: torch.nn.Module, repeat: int) -> float:
+        start = time.perf_counter()
+        for _ in range(repeat):
+            for batch in feed:
+                model.zero_grad(set_to_none=True)
+                loss, count = loaded.loss(model, batch)
+                (loss / count).backward()
+        return (time.perf_counter() - start) / (repeat * len(feed))
+
+    # a warm-up pass (kernel loads, allocator) sets how often each round repeats the batches,
+    # so that one measurement lasts at least 0.1 s
+    repeat = {v: max(1, round(0.1 / (steps(m, 1) * len(feed)))) for v, m in models.items()}
+    times: dict[str, list[float]] = {v: [] for v in models}
+    order = list(models)
+    for round_ in range(rounds):
+        random.Random(round_).shuffle(order)
+        for variant in order:
+            times[variant].append(steps(models[variant], repeat[variant]))
+    from grukit.bench import machine_line
+
+    ms = {v: 1000 * statistics.median(t) for v, t in times.items()}
+    cost = {
+        "task": task, "rounds": rounds, "batches": len(feed), "threads": threads,
+        "machine": machine_line(), "ms_per_step": ms,
+        "vs_gru": {v: t / ms["gru"] for v, t in ms.items()},
+    }  # fmt: skip
+    (out / f"{task}.cost.json").write_text(json.dumps(cost, indent=1))
+    return cost
+
+
+def format_task(report: dict[str, Any], cost: dict[str, Any] | None = None) -> str:
+    """One Markdown table of a task's report: mean ± std over seeds, seconds per epoch in the
+    study, and (with ``cost``) the interleaved step time of :func:`step_costs`."""
     m, mode = report["monitor"], report["mode"]
     rows = sorted(
         report["models"],
@@ -135,23 +207,28 @@ def format_task(report: dict[str, Any]) -> str:
         f"{ref['seeds']} seeds)",
         "",
         f"| variant | units | parameters | {split} {m} | valid {m} | train {m} | s/epoch | "
-        "s/epoch vs gru |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        + ("ms/step | step vs gru |" if cost else "s/epoch vs gru |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if cost else ""),
     ]
     for r in rows:
-        cost = r["seconds_per_epoch"] / ref["seconds_per_epoch"]
+        v = r["variant"]
+        last = (
+            f"{cost['ms_per_step'][v]:.1f} | {cost['vs_gru'][v]:.2f} |"
+            if cost
+            else f"{r['seconds_per_epoch'] / ref['seconds_per_epoch']:.2f} |"
+        )
         lines.append(
-            f"| {r['variant']} | {r['hidden_size']} | {r['parameters']:,} | "
+            f"| {v} | {r['hidden_size']} | {r['parameters']:,} | "
             f"{r[f'{split}_{m}']:.4f} ± {r[f'{split}_{m}_std']:.4f} | "
             f"{r[f'valid_{m}']:.4f} ± {r[f'valid_{m}_std']:.4f} | {r[f'train_{m}']:.4f} | "
-            f"{r['seconds_per_epoch']:.2f} | {cost:.2f} |"
+            f"{r['seconds_per_epoch']:.2f} | {last}"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("run", "table"))
+    parser.add_argument("command", choices=("run", "cost", "table"))
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated, of " +
                         ", ".join(TASKS))  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/variant-study"))
@@ -176,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{task}: training {len(only or VARIANTS)} models x {SEEDS} seeds", flush=True)
             run_task(task, args.out, args.shared, args.threads, only)
         return 0
+    if args.command == "cost":
+        for task in tasks:
+            cost = step_costs(task, args.out, args.shared, args.threads)
+            print(task, {v: round(r, 2) for v, r in cost["vs_gru"].items()}, flush=True)
+        return 0
     machine = None
     for task in tasks:
         path = args.out / f"{task}.json"
@@ -184,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         report = json.loads(path.read_text())
         machine = machine or report.get("machine")
-        print(format_task(report) + "\n")
+        cost_path = args.out / f"{task}.cost.json"
+        cost = json.loads(cost_path.read_text()) if cost_path.is_file() else None
+        print(format_task(report, cost) + "\n")
     if machine:
         print(f"Machine: {machine}.")
     return 0
