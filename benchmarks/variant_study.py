@@ -79,7 +79,7 @@ TASKS: dict[str, tuple[str, str, int, dict[str, Any], str]] = {
     "shakespeare": (
         "shakespeare_char",
         "{shared}/text/tinyshakespeare.txt",
-        256,
+        128,
         {"task.steps_per_epoch": 50, "optim.epochs": 4, "optim.patience": 0},
         "Tiny Shakespeare (nanoGPT's split), validation nats per character after 200 chunks "
         "of 64x128 characters (1.6M characters, about 1.6 passes)",
