@@ -571,6 +571,66 @@ def test_baselines_equal_torch(name, cls, layers, bidir, batch_first, mode):
     assert ours.last_backend == "torch"
 
 
+@pytest.mark.parametrize(
+    "name,cls", [("lstm", nn.LSTM), ("rnn_tanh", nn.RNN), ("gru", nn.GRU)], ids=str
+)
+@pytest.mark.parametrize(
+    "layers,bidir,batch_first", [(1, False, False), (2, True, True), (2, False, True)]
+)
+@pytest.mark.parametrize("lengths", [[6, 6, 6, 6], [6, 2, 4, 2, 6, 4]], ids=["equal", "unequal"])
+@pytest.mark.parametrize("with_h0", [True, False], ids=["h0", "no_h0"])
+def test_baselines_packed_as_padded_calls_equal_torch_packed(
+    monkeypatch, name, cls, layers, bidir, batch_first, lengths, with_h0
+):
+    """torch's packed path on CPU is quadratic in the steps (benchmarks/packed_baselines.py);
+    grukit's baselines run a packed batch as padded calls instead (one per length, or one per
+    layer-direction): outputs, h_n and every gradient equal torch's packed call, and the
+    padded calls really ran."""
+    import grukit.rnn
+
+    calls = []
+    for plan in ("_packed_by_length", "_packed_by_layer"):
+        real = getattr(grukit.rnn, plan)
+        monkeypatch.setattr(
+            grukit.rnn, plan, lambda *a, _r=real, _p=plan: calls.append(_p) or _r(*a)
+        )
+    monkeypatch.setattr(grukit.rnn, "PACKED_STEPS_PER_GROUP", 1)  # three lengths in 6 steps
+    dtype = torch.float64
+    T, N, Hin, H = 6, len(lengths), 4, 3
+    D = 2 if bidir else 1
+    torch.manual_seed(7)
+    theirs = cls(Hin, H, layers, batch_first=batch_first, bidirectional=bidir, dtype=dtype)
+    ours = from_torch(theirs, variant=name, backend="torch" if name == "gru" else "auto")
+    x = rand_input(T, N, Hin, dtype, batch_first)
+    h0 = None
+    if with_h0:
+        h0 = rand_h0(layers, D, N, H, dtype)
+        if name == "lstm":
+            h0 = (h0, rand_h0(layers, D, N, H, dtype, seed=5))
+    got, expected = run(ours, x, h0, lengths), run(theirs, x, h0, lengths)
+    assert_same(got, expected, dtype, name)
+    by_layer = len(set(lengths)) > 1 and name != "lstm"
+    assert calls == ["_packed_by_layer" if by_layer else "_packed_by_length"]
+
+
+def test_packed_baselines_choose_padded_calls_where_they_pay():
+    from grukit.rnn import _packed_plan
+
+    params = {"w": torch.zeros(1, requires_grad=True)}
+    lstm, gru = nn.LSTM(1, 2, device="meta"), nn.GRU(1, 2, device="meta")
+
+    def packed(lengths):
+        return pack_padded_sequence(torch.zeros(max(lengths), len(lengths), 1), lengths)
+
+    assert _packed_plan(gru, packed([784] * 4), params) == "lengths"  # one padded call
+    assert _packed_plan(gru, packed([29, 20, 7]), params) == "layers"
+    assert _packed_plan(lstm, packed([29, 20, 7]), params) == "packed"  # short: torch's
+    assert _packed_plan(lstm, packed([400, 300, 200, 100]), params) == "lengths"
+    assert _packed_plan(lstm, packed(list(range(400, 100, -5))), params) == "packed"
+    with torch.no_grad():  # torch's packed forward is fast; only its backward is not
+        assert _packed_plan(gru, packed([400, 300, 200, 100]), params) == "packed"
+
+
 @pytest.mark.parametrize("name,cls", [("lstm", nn.LSTMCell), ("rnn_tanh", nn.RNNCell)])
 def test_baseline_cells_equal_torch(name, cls):
     torch.manual_seed(2)
