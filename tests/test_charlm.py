@@ -229,6 +229,17 @@ def test_resuming_without_the_carried_state_would_differ(text_file: Path, tmp_pa
     assert a != b
 
 
+def test_one_task_serves_several_runs_as_fresh_ones(text_file: Path, tmp_path: Path) -> None:
+    """compare and tune reuse one loaded task: a second run (other width, same seed) neither
+    inherits the first one's carried state nor its place in the text."""
+    first = Trainer(config(text_file, tmp_path / "a", epochs=1), log=quiet)
+    first.fit()
+    assert first.task._carry is not None and first.task._position > 0
+    reused = Trainer(config(text_file, tmp_path / "b", hidden_size=20), task=first.task, log=quiet)
+    fresh = Trainer(config(text_file, tmp_path / "c", hidden_size=20), log=quiet)
+    assert reused.fit()["valid"] == fresh.fit()["valid"]
+
+
 # ---------------------------------------------------------------------------- generation
 
 

@@ -140,6 +140,7 @@ class Trainer:
         self.task = task if task is not None else load_task(
             config.task, progress=config.run.progress
         )  # fmt: skip
+        self.task.reset_progress()  # a reused task carries nothing from an earlier run
         self.dist = Distributed.from_env(
             resolve_device(config.run.device), timeout_s=config.run.dist_timeout
         )

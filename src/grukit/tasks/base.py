@@ -134,6 +134,11 @@ class Task(ABC):
         """Take back what :meth:`progress` saved (None: the checkpoint holds nothing)."""
         return None
 
+    def reset_progress(self) -> None:
+        """Forget what an earlier run carried: every new trainer calls it, so one loaded task
+        serves many runs (``grukit compare``, ``grukit tune``) as a freshly loaded one would."""
+        return None
+
     # ------------------------------------------------------------------ model and loss
 
     @abstractmethod

@@ -130,10 +130,9 @@ class CharLMTask(Task):
         self.config = config or CharLMConfig(data=data.name)
         self.data = data
         self.vocab = data.vocab
-        # the training stream: pass number, chunk position, start offset, carried state
-        self._pass, self._position, self._offset = 0, 0, 0
         self._carry: Any = None
         self._eval_state: Any = None
+        self.reset_progress()
 
     @classmethod
     def load(
@@ -292,6 +291,12 @@ class CharLMTask(Task):
             carry = carry.cpu()
         return {"pass": self._pass, "position": self._position, "offset": self._offset,
                 "carry": carry}  # fmt: skip
+
+    def reset_progress(self) -> None:
+        """The training stream from its start: pass 0, chunk 0, offset 0, no carried state."""
+        self._pass, self._position, self._offset = 0, 0, 0
+        self._carry = None
+        self._eval_state = None
 
     def restore_progress(self, state: Any) -> None:
         if state is None:
