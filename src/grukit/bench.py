@@ -796,6 +796,7 @@ def _machine() -> dict:
         "torch": torch.__version__,
         "grukit": grukit.__version__,
         "blas": "BLAS called directly" if torch.ops.grukit.uses_blas() else "at::mm fallback",
+        "gemm_provider": fused.gemm_provider(),
     }
 
 
@@ -809,6 +810,8 @@ def _machine_line(m: dict) -> str:
     """The first line of every report: the CPU, its instruction set, threads, torch (and, when
     measured, the GEMM path and the peak sgemm)."""
     line = f"{m['processor']} ({m.get('isa', '?')}), threads: {m['threads']}, torch {m['torch']}"
+    if "gemm_provider" in m:
+        line += f", GEMM provider {m['gemm_provider']}"
     if "peak_sgemm_gflops" in m:
         line += f", {m['blas']}, peak sgemm {m['peak_sgemm_gflops']:.0f} GFLOP/s"
     return line

@@ -35,7 +35,7 @@ from grukit.variants import Variant
 
 __all__ = [
     "available", "unavailable_reason", "fused_layer", "kernel_spec", "call_count", "info",
-    "set_thread_policy",
+    "set_thread_policy", "set_gemm_provider", "gemm_provider",
 ]  # fmt: skip
 
 _CSRC = Path(__file__).parent / "csrc"
@@ -168,6 +168,16 @@ def _register_batching_rules() -> None:
     torch.library.register_vmap("grukit::rnn_backward", per_item(torch.ops.grukit.rnn_backward))
 
 
+def _apply_gemm_env() -> None:
+    """``GRUKIT_GEMM`` (``auto``, ``blas`` or ``brgemm``) chooses the GEMM provider at load."""
+    choice = os.environ.get("GRUKIT_GEMM", "auto") or "auto"
+    if choice not in ("auto", *GEMM_PROVIDERS):
+        raise ValueError(f"GRUKIT_GEMM must be auto, blas or brgemm, got {choice!r}")
+    if choice == "brgemm" and not torch.ops.grukit.brgemm_available():
+        raise RuntimeError("GRUKIT_GEMM=brgemm, but oneDNN's brgemm does not run here")
+    torch.ops.grukit.set_gemm_provider(-1 if choice == "auto" else GEMM_PROVIDERS.index(choice))
+
+
 def unavailable_reason() -> str | None:
     """Why the fused kernels cannot be used in this process (None when they can).
 
@@ -185,6 +195,7 @@ def unavailable_reason() -> str | None:
                     _build()
                     _register_fakes()
                     _register_batching_rules()
+                    _apply_gemm_env()
                 except Exception as exc:  # compiler missing or failing: fall back, loudly
                     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                     reason = f"they could not be built ({type(exc).__name__}: {first_line[:300]})"
@@ -440,8 +451,38 @@ def profile(fn: Any) -> dict[str, float]:
 
 def gemm_floor(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, hs: Tensor, dA: Tensor,
                backward: bool) -> None:  # fmt: skip
-    """Run only the matrix products of a ``gru`` layer through ``at::mm`` (benchmark floor)."""
+    """Run only the matrix products of a ``gru`` layer, through the kernels' GEMM layer and
+    provider (the benchmark's floor)."""
     torch.ops.grukit.gemm_floor(x, h, w_ih, w_hh, hs, dA, backward)
+
+
+#: The float GEMM providers the kernels can call (``set_gemm_provider``).
+GEMM_PROVIDERS = ("blas", "brgemm")
+
+
+def set_gemm_provider(provider: str) -> None:
+    """Which library computes the kernels' float32 matrix products. ``"auto"``: the CPU's default
+    (``"brgemm"`` on CPUs with AVX-512 where it runs, else ``"blas"``); ``"blas"``: the sgemm
+    torch exports (MKL in torch's x86 wheels); ``"brgemm"``: oneDNN's batch-reduce GEMM
+    micro-kernel inside torch (through ``at::native::cpublas::brgemm``), for the products whose
+    operands it reads as stored and whose right-hand matrix has at most 2^20 elements, the
+    others on BLAS. float64 always runs on BLAS. Every provider gives results bit-identical for
+    any thread count; two providers agree to rounding. The environment variable
+    ``GRUKIT_GEMM`` (``auto``, ``blas``, ``brgemm``) sets it when the kernels load."""
+    if provider not in ("auto", *GEMM_PROVIDERS):
+        raise ValueError(
+            f"GEMM provider must be one of {('auto', *GEMM_PROVIDERS)}, got {provider!r}"
+        )
+    _require()
+    if provider == "brgemm" and not torch.ops.grukit.brgemm_available():
+        raise RuntimeError("oneDNN's brgemm does not run on this machine (or this torch build)")
+    torch.ops.grukit.set_gemm_provider(-1 if provider == "auto" else GEMM_PROVIDERS.index(provider))
+
+
+def gemm_provider() -> str:
+    """The float GEMM provider in use: ``"blas"`` or ``"brgemm"``."""
+    _require()
+    return GEMM_PROVIDERS[int(torch.ops.grukit.gemm_provider())]
 
 
 #: How each kernel call picks its thread count (``set_thread_policy``).
@@ -473,6 +514,11 @@ def info() -> dict[str, Any]:
     ]
     return {
         "gemm": "BLAS called directly" if torch.ops.grukit.uses_blas() else "at::mm fallback",
+        "gemm_provider": gemm_provider(),
+        "brgemm_available": bool(torch.ops.grukit.brgemm_available()),
+        "gemm_calls": dict(
+            zip(GEMM_PROVIDERS, map(int, torch.ops.grukit.gemm_calls()), strict=True)
+        ),
         "threads": torch.get_num_threads(),
         "thread_policy": THREAD_POLICIES[int(torch.ops.grukit.thread_policy())],
         "calls_on_one_thread": int(one),

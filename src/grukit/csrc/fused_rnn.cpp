@@ -148,7 +148,8 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
   int64_t max_rows = 0;
   for (const auto& c : chunks) max_rows = std::max(max_rows, c.r1 - c.r0);
   at::Tensor gx = at::empty({max_rows, sx}, opts);
-  const T* whh = ptr_or_null<T>(w_hh);
+  const WeightT<T> whh_t = w_hh.has_value() && w_hh->defined() ? WeightT<T>(*w_hh) : WeightT<T>();
+  const WeightT<T> wih_t(w_ih);
   const T* bih = ptr_or_null<T>(b_ih);
   const T* bhh = ptr_or_null<T>(b_hh);
   at::Tensor g1 = L.K1 > 0 ? at::empty({N, s1}, opts) : at::Tensor();
@@ -193,7 +194,7 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
       if (L.K1 > 0) {  // g1 = h~ W1^T, W1 = the first K1*H rows of weight_hh
         {
           PhaseTimer timer(kStepGemm);
-          gemm<T>(false, true, n, s1, H, src, H, whh, H, T(0), g1p + lo * s1, s1);
+          whh_t.gemm_rows(n, 0, s1, src, H, g1p + lo * s1, s1);
         }
         if (L.layer_norm) {
           PhaseTimer timer(kStepElementwise);
@@ -231,7 +232,7 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
       if constexpr (Cell::kTwoPhase) {  // candidate GEMM on r * h~ with the last H rows of weight_hh
         {
           PhaseTimer timer(kStepGemm);
-          gemm<T>(false, true, n, H, H, rhp + lo * H, H, whh + L.K1 * H * H, H, T(0), c2p + lo * H, H);
+          whh_t.gemm_rows(n, L.K1 * H, H, rhp + lo * H, H, c2p + lo * H, H);
         }
         PhaseTimer timer(kStepElementwise);
         if (L.layer_norm)
@@ -256,8 +257,7 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
     const Chunk& c = chunks[reverse ? nchunks - 1 - ci : ci];
     {  // gx = x W_ih^T for the chunk's rows, then (layer_norm) normalised block by block
       PhaseTimer timer(kInputGemm);
-      gemm<T>(false, true, c.r1 - c.r0, sx, I, x.data_ptr<T>() + c.r0 * I, I, w_ih.data_ptr<T>(),
-              I, T(0), gx.data_ptr<T>(), sx);
+      wih_t.gemm_rows(c.r1 - c.r0, 0, sx, x.data_ptr<T>() + c.r0 * I, I, gx.data_ptr<T>(), sx);
       if (L.layer_norm)
         for_rows(c.r1 - c.r0, sx, [&](int64_t r0, int64_t r1) {
           layer_norm_rows<T>(gx.data_ptr<T>(), sx, L.Gx, H, E.ln_ih, xhat_at(c.r0, L.ws_xhat_x),
@@ -677,22 +677,36 @@ std::vector<at::Tensor> rnn_backward(
   return grads;
 }
 
-// The matrix products of a `gru` layer and nothing else, through torch's own at::mm (the
-// benchmark's floor). x: (T*N, I), h: (N, H), hs: (T*N, H) stand-in states, dA: (T*N, 3H)
-// stand-in pre-activation gradients. Forward: x W_ih^T, then T steps of h W_hh^T. Backward:
-// T steps of dA_t W_hh, then dA^T hs, dA^T x and dA W_ih.
+// The matrix products of a `gru` layer and nothing else, through the kernels' own GEMM layer
+// and provider (the benchmark's floor). x: (T*N, I), h: (N, H), hs: (T*N, H) stand-in states,
+// dA: (T*N, 3H) stand-in pre-activation gradients. Forward: x W_ih^T, then T steps of h W_hh^T.
+// Backward: T steps of dA_t W_hh, then dA^T hs, dA^T x and dA W_ih.
 void gemm_floor(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
                 const at::Tensor& w_hh, const at::Tensor& hs, const at::Tensor& dA, bool backward) {
-  const int64_t N = h.size(0), T = x.size(0) / N;
-  at::Tensor gx = at::mm(x, w_ih.t());
-  at::Tensor g1 = at::empty({N, w_hh.size(0)}, h.options());
-  for (int64_t t = 0; t < T; ++t) at::mm_out(g1, h, w_hh.t());
-  if (!backward) return;
-  at::Tensor dh = at::empty_like(h);
-  for (int64_t t = 0; t < T; ++t) at::mm_out(dh, dA.narrow(0, t * N, N), w_hh);
-  at::mm(dA.t(), hs);
-  at::mm(dA.t(), x);
-  at::mm(dA, w_ih);
+  TORCH_CHECK(x.is_contiguous() && h.is_contiguous() && w_ih.is_contiguous() &&
+                  w_hh.is_contiguous() && hs.is_contiguous() && dA.is_contiguous(),
+              "grukit: gemm_floor takes contiguous tensors");
+  SingleThreadedBlas blas_guard;
+  const int64_t N = h.size(0), H = h.size(1), R = x.size(0), I = x.size(1), G = w_hh.size(0);
+  const int64_t T = R / N;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_gemm_floor", [&] {
+    using T_ = scalar_t;
+    const WeightT<T_> wih(w_ih), whh(w_hh);
+    at::Tensor gx = at::empty({R, G}, x.options()), g1 = at::empty({N, G}, x.options());
+    wih.gemm_rows(R, 0, G, x.data_ptr<T_>(), I, gx.data_ptr<T_>(), G);
+    for (int64_t t = 0; t < T; ++t) whh.gemm_rows(N, 0, G, h.data_ptr<T_>(), H, g1.data_ptr<T_>(), G);
+    if (!backward) return;
+    const T_* da = dA.data_ptr<T_>();
+    at::Tensor dh = at::empty({N, H}, x.options());
+    for (int64_t t = 0; t < T; ++t)
+      gemm<T_>(false, false, N, H, G, da + t * N * G, G, w_hh.data_ptr<T_>(), H, T_(0),
+               dh.data_ptr<T_>(), H);
+    at::Tensor dwhh = at::empty({G, H}, x.options()), dwih = at::empty({G, I}, x.options());
+    at::Tensor dx = at::empty({R, I}, x.options());
+    gemm<T_>(true, false, G, H, R, da, G, hs.data_ptr<T_>(), H, T_(0), dwhh.data_ptr<T_>(), H);
+    gemm<T_>(true, false, G, I, R, da, G, x.data_ptr<T_>(), I, T_(0), dwih.data_ptr<T_>(), I);
+    gemm<T_>(false, false, R, I, G, da, G, w_ih.data_ptr<T_>(), I, T_(0), dx.data_ptr<T_>(), I);
+  });
 }
 
 int64_t call_count() { return g_calls.load(); }
@@ -719,6 +733,18 @@ std::tuple<std::vector<double>, std::vector<std::string>> profile() {
   return {seconds, names};
 }
 bool uses_blas() { return blas_available(); }
+
+// The float GEMM provider (-1: the CPU's default; 0: BLAS; 1: brgemm, refused where it does not
+// run), the provider in use, and the serial products each has run (for the tests).
+void set_gemm_provider(int64_t provider) {
+  TORCH_CHECK(provider >= -1 && provider <= 1, "grukit: provider must be -1, 0 or 1");
+  TORCH_CHECK(provider != kBrgemm || brgemm_works(),
+              "grukit: oneDNN's brgemm does not run on this machine");
+  g_gemm_provider.store(provider < 0 ? default_gemm_provider() : int(provider));
+}
+int64_t gemm_provider_in_use() { return gemm_provider(); }
+bool brgemm_available() { return brgemm_works(); }
+std::vector<int64_t> gemm_calls() { return {g_gemm_calls[kBlas].load(), g_gemm_calls[kBrgemm].load()}; }
 
 void set_thread_policy(int64_t policy) { g_threads.set_policy(int(policy)); }
 int64_t thread_policy() { return g_threads.policy(); }
@@ -762,6 +788,10 @@ TORCH_LIBRARY(grukit, m) {
   m.def("set_profiling", &grukit::set_profiling);
   m.def("profile", &grukit::profile);
   m.def("uses_blas", &grukit::uses_blas);
+  m.def("set_gemm_provider", &grukit::set_gemm_provider);
+  m.def("gemm_provider", &grukit::gemm_provider_in_use);
+  m.def("brgemm_available", &grukit::brgemm_available);
+  m.def("gemm_calls", &grukit::gemm_calls);
   m.def("set_thread_policy", &grukit::set_thread_policy);
   m.def("thread_policy", &grukit::thread_policy);
   m.def("thread_choices", &grukit::thread_choices);

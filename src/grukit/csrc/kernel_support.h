@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
 #ifdef _OPENMP
@@ -357,6 +358,58 @@ class Progress {
 
 bool blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
+// The float GEMM provider. kBlas: the sgemm torch exports (MKL in torch's x86 wheels, which runs
+// its AVX2 code on AMD CPUs). kBrgemm: oneDNN's batch-reduce GEMM micro-kernel through torch's
+// at::native::cpublas::brgemm (JIT-compiled per shape and cached, one thread, B as stored), for
+// products without a transposed operand whose B fits in cache (kBrgemmMaxB elements); it was
+// 1.2-2.7x faster than MKL at the recurrent products' shapes on an AMD EPYC with AVX-512
+// (benchmarks/gemm_providers.py). float64 always uses BLAS. The choice depends on the CPU only
+// (never on timing), so a machine always computes the same bits.
+enum GemmProvider : int { kBlas = 0, kBrgemm = 1 };
+constexpr int64_t kBrgemmMaxB = int64_t(1) << 20;
+std::atomic<int> g_gemm_provider{-1};  // -1: not chosen yet (the CPU's default on first use)
+std::atomic<int64_t> g_gemm_calls[2];  // serial products per provider (the tests' witness)
+
+// Whether brgemm runs here and gives the right product (torch builds without oneDNN's
+// micro-kernels raise; a tiny product is checked once).
+bool brgemm_works() {
+  static const bool works = [] {
+    try {
+      const float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8};
+      float c[4] = {0, 0, 0, 0};
+      at::native::cpublas::brgemm(2, 2, 2, 2, 2, 2, false, a, b, c, false);
+      return c[0] == 19 && c[1] == 22 && c[2] == 43 && c[3] == 50;
+    } catch (...) {
+      return false;
+    }
+  }();
+  return works;
+}
+
+// The CPU's default: brgemm where it runs on AVX-512 (where it was measured to win), else BLAS.
+int default_gemm_provider() {
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512f") && brgemm_works()) return kBrgemm;
+#endif
+  return blas_available() || !brgemm_works() ? kBlas : kBrgemm;
+}
+
+int gemm_provider() {
+  int p = g_gemm_provider.load(std::memory_order_relaxed);
+  if (p < 0) {
+    p = default_gemm_provider();
+    g_gemm_provider.store(p);
+  }
+  return p;
+}
+
+// Whether a float product C[M,N] = A[M,K] B[K,N] (both as stored) goes to brgemm.
+// (torch.backends.mkldnn.enabled = False turns brgemm into a BLAS call: it is not taken then.)
+inline bool brgemm_takes(int64_t N, int64_t K) {
+  return gemm_provider() == kBrgemm && N * K <= kBrgemmMaxB &&
+         at::globalContext().userEnabledMkldnn();
+}
+
 // Column-major BLAS call.
 inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda,
                       const float* b, int ldb, float beta, float* c, int ldc) {
@@ -456,6 +509,14 @@ void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
     gemv_row(tb, N, K, A, ta ? lda : 1, B, ldb, beta, C);
     return;
   }
+  if constexpr (std::is_same_v<T, float>) {
+    if (!ta && !tb && (beta == T(0) || beta == T(1)) && brgemm_takes(N, K)) {
+      g_gemm_calls[kBrgemm].fetch_add(1, std::memory_order_relaxed);
+      at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, beta == T(1), A, B, C, false);
+      return;
+    }
+  }
+  g_gemm_calls[kBlas].fetch_add(1, std::memory_order_relaxed);
   if (blas_available()) {
     // row-major C = A B  <=>  column-major C^T = B^T A^T
     blas_gemm(tb ? 'T' : 'N', ta ? 'T' : 'N', int(N), int(M), int(K), T(1), B, int(ldb), A,
@@ -529,6 +590,28 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t
     }
   });
 }
+
+// The product C[M, n] = A[M, K] W[r0 : r0 + n, :]^T with a row-major weight W (R, K): BLAS
+// transposes for free, brgemm reads B as stored, so for it W^T is copied once per kernel call
+// (the weights are constant over the sequence) and the product reads that copy.
+template <typename T>
+struct WeightT {
+  const T* w = nullptr;
+  int64_t R = 0, K = 0;
+  at::Tensor wt;  // W^T (K, R), when a product of this weight goes to brgemm
+  WeightT() = default;
+  explicit WeightT(const at::Tensor& W) : w(W.data_ptr<T>()), R(W.size(0)), K(W.size(1)) {
+    if constexpr (std::is_same_v<T, float>)
+      if (brgemm_takes(R, K)) wt = W.t().contiguous();
+  }
+  void gemm_rows(int64_t M, int64_t r0, int64_t n, const T* A, int64_t lda, T* C,
+                 int64_t ldc) const {
+    if (wt.defined() && M > 1)  // one row: gemv_row's dot products with rows of W are faster
+      gemm<T>(false, false, M, n, K, A, lda, wt.data_ptr<T>() + r0, R, T(0), C, ldc);
+    else
+      gemm<T>(false, true, M, n, K, A, lda, w + r0 * K, K, T(0), C, ldc);
+  }
+};
 
 // Rows [0, n) in parallel when the step has enough elements; the split depends on n, H only.
 template <typename F>
