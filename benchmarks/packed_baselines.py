@@ -5,15 +5,14 @@
 grukit's ``lstm`` and ``rnn_tanh`` (and ``gru`` on backend ``torch``) run torch's
 nn.LSTM/nn.RNN/nn.GRU. Given a PackedSequence on CPU, torch's backward grows as the square of
 the steps, while a padded call runs oneDNN's fused RNN; grukit therefore runs a packed input as
-padded calls (``grukit.rnn._packed_plan``: one per run of equal lengths, or, for RNN and GRU,
-one per layer-direction with h_n gathered at each sequence's end). This script times one
-training step (forward, a sum of the outputs and h_n, backward) of each baseline, interleaved in
-one process (median of the rounds): torch's module on padded input, the same module on the
-packed input, and grukit's module on the packed input, and checks that grukit's outputs and
-gradients equal the packed call's. Shapes: MNIST pixels (784 steps of 1, batch 128, every length
-equal, the sizes of the variant study), JapaneseVowels-like batches (7-29 steps of 12, batch 32,
-bidirectional) and long batches of unequal lengths (100-400 steps of 8, batch 64; every length,
-or four).
+padded calls (``grukit.rnn._packed_plan``: one call when every length is equal, else one per
+layer-direction with h_n gathered at each sequence's end). This script times one training step
+(forward, a sum of the outputs and h_n, backward) of each baseline, interleaved in one process
+(median of the rounds): torch's module on padded input, the same module on the packed input, and
+grukit's module on the packed input, and checks that grukit's outputs and gradients equal the
+packed call's. Shapes: MNIST pixels (784 steps of 1, batch 128, every length equal, the sizes of
+the variant study), JapaneseVowels-like batches (7-29 steps of 12, batch 32, bidirectional) and
+long batches of unequal lengths (100-400 steps of 8, batch 64; every length, or four).
 """
 
 from __future__ import annotations

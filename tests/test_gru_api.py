@@ -589,12 +589,11 @@ def test_baselines_packed_as_padded_calls_equal_torch_packed(
     import grukit.rnn
 
     calls = []
-    for plan in ("_packed_by_length", "_packed_by_layer"):
+    for plan in ("_packed_padded", "_packed_by_layer"):
         real = getattr(grukit.rnn, plan)
         monkeypatch.setattr(
             grukit.rnn, plan, lambda *a, _r=real, _p=plan: calls.append(_p) or _r(*a)
         )
-    monkeypatch.setattr(grukit.rnn, "PACKED_STEPS_PER_GROUP", 1)  # three lengths in 6 steps
     dtype = torch.float64
     T, N, Hin, H = 6, len(lengths), 4, 3
     D = 2 if bidir else 1
@@ -609,26 +608,44 @@ def test_baselines_packed_as_padded_calls_equal_torch_packed(
             h0 = (h0, rand_h0(layers, D, N, H, dtype, seed=5))
     got, expected = run(ours, x, h0, lengths), run(theirs, x, h0, lengths)
     assert_same(got, expected, dtype, name)
-    by_layer = len(set(lengths)) > 1 and name != "lstm"
-    assert calls == ["_packed_by_layer" if by_layer else "_packed_by_length"]
+    assert calls == ["_packed_by_layer" if len(set(lengths)) > 1 else "_packed_padded"]
 
 
 def test_packed_baselines_choose_padded_calls_where_they_pay():
     from grukit.rnn import _packed_plan
 
     params = {"w": torch.zeros(1, requires_grad=True)}
-    lstm, gru = nn.LSTM(1, 2, device="meta"), nn.GRU(1, 2, device="meta")
+    lstm = nn.LSTM(1, 2, device="meta")
 
     def packed(lengths):
         return pack_padded_sequence(torch.zeros(max(lengths), len(lengths), 1), lengths)
 
-    assert _packed_plan(gru, packed([784] * 4), params) == "lengths"  # one padded call
-    assert _packed_plan(gru, packed([29, 20, 7]), params) == "layers"
-    assert _packed_plan(lstm, packed([29, 20, 7]), params) == "packed"  # short: torch's
-    assert _packed_plan(lstm, packed([400, 300, 200, 100]), params) == "lengths"
-    assert _packed_plan(lstm, packed(list(range(400, 100, -5))), params) == "packed"
+    assert _packed_plan(lstm, packed([784] * 4), params) == "padded"
+    assert _packed_plan(lstm, packed([29, 20, 7]), params) == "layers"
     with torch.no_grad():  # torch's packed forward is fast; only its backward is not
-        assert _packed_plan(gru, packed([400, 300, 200, 100]), params) == "packed"
+        assert _packed_plan(lstm, packed([29, 20, 7]), params) == "packed"
+        assert _packed_plan(lstm, packed([5] * 3), params) == "padded"
+
+
+def test_packed_lstm_by_layer_trains_with_dropout_and_no_gradient_leaks_through_padding():
+    """Training mode with dropout between layers runs; a sequence's gradients do not depend on
+    the padding after it (the saturated gates pass exactly nothing back)."""
+    torch.manual_seed(3)
+    m = grukit.GRU(3, 4, 2, dropout=0.5, variant="lstm").double()
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    packed = pack_padded_sequence(x, [6, 3])
+    out, (h, c) = m(packed)
+    (out.data.sum() + h.sum() + c.sum()).backward()
+    m.eval()
+    grads = []
+    for pad in (0.0, 1e3):  # what lies past the short sequence's end
+        y = x.clone()
+        y[3:, 1] = pad
+        y.requires_grad_()
+        out, (h, c) = m(pack_padded_sequence(y, [6, 3]))
+        (out.data.sum() + h[:, 1].sum() + c[:, 1].sum()).backward()
+        grads.append(y.grad[:3, 1].clone())
+    assert torch.equal(grads[0], grads[1])
 
 
 @pytest.mark.parametrize("name,cls", [("lstm", nn.LSTMCell), ("rnn_tanh", nn.RNNCell)])

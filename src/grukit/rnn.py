@@ -188,51 +188,69 @@ def _options_repr(options: CellOptions) -> str:
     )
 
 
-PACKED_STEPS_PER_GROUP = 64  # one padded call per length pays for this many steps or more
+_SATURATE = 1e30  # a gate pre-activation whose sigmoid is exactly 0 or 1, with zero derivative
 
 
 def _packed_plan(template: nn.Module, input: PackedSequence, params: dict[str, Tensor]) -> str:
-    """How to run torch's LSTM/RNN/GRU ``template`` on ``input`` (a PackedSequence on CPU,
-    where torch's packed backward grows as the square of the steps while a padded call runs
-    oneDNN's fused RNN; ``benchmarks/packed_baselines.py``): ``"lengths"`` (one padded call per
-    run of equal lengths: every length equal, or an LSTM kept for gradients with at most
-    ``T / PACKED_STEPS_PER_GROUP`` lengths), ``"layers"`` (RNN/GRU kept for gradients: one padded
-    call per layer-direction, see :func:`_packed_by_layer`) or ``"packed"`` (torch's own: on
-    CUDA, or without gradients, where torch's packed forward is as fast)."""
+    """How to run torch's LSTM/RNN/GRU ``template`` on ``input``, a PackedSequence. On CPU,
+    torch's packed backward grows as the square of the steps (a GRU-48 step on MNIST pixels
+    77x slower than the padded call, an LSTM on 7-29 steps 4x slower;
+    ``benchmarks/packed_baselines.py``), while a padded call runs oneDNN's fused RNN. Plans:
+    ``"padded"`` (every length equal: one padded call), ``"layers"`` (unequal lengths, kept for
+    gradients: one padded call per layer-direction, :func:`_packed_by_layer`), ``"packed"``
+    (torch's own: on CUDA, or without gradients, where torch's packed forward is as fast)."""
     if input.data.device.type != "cpu":
         return "packed"
     batch_sizes = input.batch_sizes
     if int(batch_sizes[0]) == int(batch_sizes[-1]):
-        return "lengths"
+        return "padded"
     grad = torch.is_grad_enabled() and (
         input.data.requires_grad or any(p.requires_grad for p in params.values())
     )
-    if not grad:
-        return "packed"
-    if getattr(template, "mode", "") in ("RNN_TANH", "RNN_RELU", "GRU"):
-        return "layers"
-    groups = int(torch.count_nonzero(batch_sizes[1:] != batch_sizes[:-1])) + 1
-    return "lengths" if groups * PACKED_STEPS_PER_GROUP <= len(batch_sizes) else "packed"
+    return "layers" if grad else "packed"
 
 
-def _sorted_state(hx: Any, sorted_indices: Tensor | None) -> Any:
-    """``hx`` (a tensor or an LSTM's pair) in the packed batch's sorted order."""
-    if hx is None or sorted_indices is None:
-        return hx
-    if isinstance(hx, tuple):
-        return tuple(h.index_select(1, sorted_indices) for h in hx)
-    return hx.index_select(1, sorted_indices)
+def _select_batch(state: Any, indices: Tensor | None) -> Any:
+    """``state`` (a tensor, or an LSTM's pair) with its batch dimension 1 reordered."""
+    if state is None or indices is None:
+        return state
+    if isinstance(state, tuple):
+        return tuple(s.index_select(1, indices) for s in state)
+    return state.index_select(1, indices)
+
+
+def _packed_padded(
+    template: nn.Module, params: dict[str, Tensor], input: PackedSequence, hx: Any
+) -> tuple[PackedSequence, Any]:
+    """torch's LSTM/RNN/GRU ``template`` on a PackedSequence whose lengths are all equal, as one
+    padded call (plan ``"padded"`` of :func:`_packed_plan`). Output as torch's packed call."""
+    data, batch_sizes, sorted_indices, unsorted_indices = input
+    T, N = len(batch_sizes), int(batch_sizes[0])
+    x = data.view(T, N, data.shape[1])  # every step holds all N rows: packed is padded
+    if getattr(template, "batch_first", False):
+        x = x.transpose(0, 1)
+    args = (x,) if hx is None else (x, _select_batch(hx, sorted_indices))
+    out, h_n = functional_call(template, params, args)
+    if getattr(template, "batch_first", False):
+        out = out.transpose(0, 1)
+    out_data = out.reshape(T * N, out.shape[2])
+    packed = PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices)
+    return packed, _select_batch(h_n, unsorted_indices)
 
 
 def _packed_by_layer(
     template: nn.Module, params: dict[str, Tensor], input: PackedSequence, hx: Any
-) -> tuple[PackedSequence, Tensor]:
-    """torch's RNN/GRU ``template`` on a PackedSequence of unequal lengths, as one padded call
-    per layer-direction (``torch.gru`` / ``torch.rnn_tanh`` on that layer's weights): the forward
-    direction's outputs before each sequence's end do not depend on the padding after it, and
-    its h_n is the output at step ``length - 1``; the reverse direction runs on each sequence
-    reversed within its own length, then its outputs are reversed back. Dropout between layers
-    as torch's (a fresh mask, in training). Output: the PackedSequence and h_n, as torch's."""
+) -> tuple[PackedSequence, Any]:
+    """torch's LSTM/RNN/GRU ``template`` on a PackedSequence of unequal lengths, as one padded
+    call per layer-direction (``torch.lstm`` / ``torch.gru`` / ``torch.rnn_tanh`` on that
+    layer's weights). A direction's outputs before a sequence's end do not depend on the
+    padding after it, and h_n is the output at step ``length - 1``; the reverse direction runs on
+    each sequence reversed within its own length, its outputs reversed back. An LSTM's c_n is
+    the padded call's own: an extra input column, 1 on padding steps, drives the input gate to
+    exactly 0 and the forget and output gates to exactly 1 there (pre-activations of
+    +-1e30, whose sigmoid derivative is exactly 0), so c is carried unchanged to the end and no
+    gradient flows through the padding. Dropout between layers as torch's (a fresh mask, in
+    training). Output: the PackedSequence and h_n (and c_n), as torch's packed call."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     data, batch_sizes, sorted_indices, unsorted_indices = input
@@ -240,84 +258,53 @@ def _packed_by_layer(
     T, N = x.shape[0], x.shape[1]
     layers, H = template.num_layers, template.hidden_size
     D = 2 if template.bidirectional else 1
-    call = {"GRU": torch.gru, "RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu}
-    run = call[template.mode]
-    hx = _sorted_state(hx, sorted_indices)
+    lstm = template.mode == "LSTM"
+    call = {"LSTM": torch.lstm, "GRU": torch.gru, "RNN_TANH": torch.rnn_tanh,
+            "RNN_RELU": torch.rnn_relu}  # fmt: skip
+    hx = _select_batch(hx, sorted_indices)
     if hx is None:
-        hx = x.new_zeros(layers * D, N, H)
+        zeros = x.new_zeros(layers * D, N, H)
+        hx = (zeros, zeros) if lstm else zeros
     lengths_d = lengths.to(x.device)
     steps = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
     reverse = torch.where(steps < lengths_d, lengths_d - 1 - steps, steps)  # (T, N)
     last, rows = (lengths_d - 1), torch.arange(N, device=x.device)
-    states = []
+    if lstm:  # torch's gate order: input, forget, cell, output
+        padding = (steps >= lengths_d).to(x.dtype).unsqueeze(2)  # (T, N, 1)
+        drive = x.new_tensor([-_SATURATE, _SATURATE, 0.0, _SATURATE]).repeat_interleave(H)
+    h_states, c_states = [], []
     for layer in range(layers):
+        if lstm:
+            x = torch.cat([x, padding], dim=2)
         index = reverse.unsqueeze(2).expand(T, N, x.shape[2])
         outs = []
         for d in range(D):
             suffix = f"_l{layer}" + ("_reverse" if d else "")
             kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if template.bias else ())
             weights = [params[kind + suffix] for kind in kinds]
+            if lstm:
+                weights[0] = torch.cat([weights[0], drive.unsqueeze(1)], dim=1)
             k = layer * D + d
             inp = x.gather(0, index) if d else x
-            out, _ = run(inp, hx[k : k + 1], weights, template.bias, 1, 0.0, False, False, False)
-            states.append(out[last, rows])
+            flags = (template.bias, 1, 0.0, False, False, False)
+            if lstm:
+                out, _, c_n = torch.lstm(inp, (hx[0][k : k + 1], hx[1][k : k + 1]), weights, *flags)
+                c_states.append(c_n[0])
+            else:
+                out, _ = call[template.mode](inp, hx[k : k + 1], weights, *flags)
+            h_states.append(out[last, rows])
             if d:
                 out = out.gather(0, reverse.unsqueeze(2).expand_as(out))
             outs.append(out)
         x = torch.cat(outs, dim=2) if D == 2 else outs[0]
         if layer < layers - 1 and template.dropout and template.training:
             x = F.dropout(x, template.dropout, training=True)
-    h_n = torch.stack(states)
-    if unsorted_indices is not None:
-        h_n = h_n.index_select(1, unsorted_indices)
+    state: Any = torch.stack(h_states)
+    if lstm:
+        state = (state, torch.stack(c_states))
     out_data = pack_padded_sequence(x, lengths).data
-    return PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices), h_n
-
-
-def _packed_by_length(
-    template: nn.Module, params: dict[str, Tensor], input: PackedSequence, hx: Any
-) -> tuple[PackedSequence, Any]:
-    """torch's LSTM/RNN/GRU ``template`` on a PackedSequence, as padded calls, one per run of
-    equal lengths (plan ``"lengths"`` of :func:`_packed_plan`). Each group's sequences have one
-    length, so its padded run is exact (h_n is the state at each sequence's own end, the reverse
-    direction starts there). Output: the PackedSequence and h_n (a pair for LSTM), as torch's."""
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-    data, batch_sizes, sorted_indices, unsorted_indices = input
-    padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))  # (T, N, F) sorted
-    hx = _sorted_state(hx, sorted_indices)  # torch's packed path takes hx in the caller's order
-    batch_first = bool(getattr(template, "batch_first", False))
-    T = padded.shape[0]
-    lengths_list = lengths.tolist()
-    outs: list[Tensor] = []
-    states: list[Any] = []
-    start = 0
-    while start < len(lengths_list):  # lengths are non-increasing: each group is contiguous
-        L = lengths_list[start]
-        stop = start
-        while stop < len(lengths_list) and lengths_list[stop] == L:
-            stop += 1
-        x = padded[:L, start:stop]
-        args: tuple[Any, ...] = (x.transpose(0, 1) if batch_first else x,)
-        if hx is not None:
-            h = tuple(s[:, start:stop] for s in hx) if isinstance(hx, tuple) else hx[:, start:stop]
-            args = (*args, h)
-        out, h_n = functional_call(template, params, args)
-        out = out.transpose(0, 1) if batch_first else out
-        outs.append(F.pad(out, (0, 0, 0, 0, 0, T - L)) if L < T else out)
-        states.append(h_n)
-        start = stop
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-    out_data = pack_padded_sequence(out, lengths).data
-    if isinstance(states[0], tuple):
-        h_n = tuple(torch.cat([s[i] for s in states], dim=1) for i in range(len(states[0])))
-        if unsorted_indices is not None:
-            h_n = tuple(h.index_select(1, unsorted_indices) for h in h_n)
-    else:
-        h_n = states[0] if len(states) == 1 else torch.cat(states, dim=1)
-        if unsorted_indices is not None:
-            h_n = h_n.index_select(1, unsorted_indices)
-    return PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices), h_n
+    packed = PackedSequence(out_data, batch_sizes, sorted_indices, unsorted_indices)
+    return packed, _select_batch(state, unsorted_indices)
 
 
 def _batch_and_rows(input: Tensor | PackedSequence, batch_first: bool) -> tuple[int, int]:
@@ -817,8 +804,8 @@ class GRU(_InCellOptions, nn.Module):
         params = dict(self.named_parameters())
         if isinstance(input, PackedSequence):
             plan = _packed_plan(template, input, params)
-            if plan == "lengths":
-                return _packed_by_length(template, params, input, hx)
+            if plan == "padded":
+                return _packed_padded(template, params, input, hx)
             if plan == "layers":
                 return _packed_by_layer(template, params, input, hx)
         args = (input,) if hx is None else (input, hx)
