@@ -163,6 +163,7 @@ def step_costs(
     def steps(model: torch.nn.Module, repeat: int) -> float:
         start = time.perf_counter()
         for _ in range(repeat):
+            loaded.reset_progress()  # the char-LM's carried state belongs to one model
             for batch in feed:
                 model.zero_grad(set_to_none=True)
                 loss, count = loaded.loss(model, batch)
@@ -258,19 +259,18 @@ def main(argv: list[str] | None = None) -> int:
             cost = step_costs(task, args.out, args.shared, args.threads)
             print(task, {v: round(r, 2) for v, r in cost["vs_gru"].items()}, flush=True)
         return 0
-    machine = None
     for task in tasks:
         path = args.out / f"{task}.json"
         if not path.is_file():
             print(f"{task}: not run yet ({path} is absent)", file=sys.stderr)
             continue
         report = json.loads(path.read_text())
-        machine = machine or report.get("machine")
         cost_path = args.out / f"{task}.cost.json"
         cost = json.loads(cost_path.read_text()) if cost_path.is_file() else None
-        print(format_task(report, cost) + "\n")
-    if machine:
-        print(f"Machine: {machine}.")
+        where = f"Runs: {report.get('machine', '?')}."
+        if cost:
+            where += f" Step costs: {cost.get('machine', '?')}."
+        print(format_task(report, cost) + "\n\n" + where + "\n")
     return 0
 
 
