@@ -111,8 +111,11 @@ def run_task(
         out=out / task, log=log, only=only,
     )  # fmt: skip
     report["study"] = {"task": task, "budget": TASKS[task][4], "settings": settings}
+    import torch
+
     from grukit.bench import machine_line
 
+    torch.set_num_threads(threads)  # the runs' count, also when every run was already done
     report["machine"] = machine_line()
     if only:  # a part: `run` without --only collects the finished parts into OUT/TASK.json
         log_file.close()
