@@ -210,9 +210,14 @@ def format_task(report: dict[str, Any], cost: dict[str, Any] | None = None) -> s
         f"({'higher' if mode == 'max' else 'lower'} is better; mean ± std over "
         f"{ref['seeds']} seeds)",
         "",
-        f"| variant | units | parameters | {split} {m} | valid {m} | train {m} | s/epoch | "
+        f"| variant | units | parameters | {split} {m} | "
+        + (f"valid {m} | " if split == "test" else "")  # a task without a test split: once
+        + f"train {m} | s/epoch | "
         + ("ms/step | step vs gru |" if cost else "s/epoch vs gru |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if cost else ""),
+        "|---|---:|---:|---:|"
+        + ("---:|" if split == "test" else "")
+        + "---:|---:|---:|"
+        + ("---:|" if cost else ""),
     ]
     for r in rows:
         v = r["variant"]
@@ -224,7 +229,8 @@ def format_task(report: dict[str, Any], cost: dict[str, Any] | None = None) -> s
         lines.append(
             f"| {v} | {r['hidden_size']} | {r['parameters']:,} | "
             f"{r[f'{split}_{m}']:.4f} ± {r[f'{split}_{m}_std']:.4f} | "
-            f"{r[f'valid_{m}']:.4f} ± {r[f'valid_{m}_std']:.4f} | {r[f'train_{m}']:.4f} | "
+            + (f"{r[f'valid_{m}']:.4f} ± {r[f'valid_{m}_std']:.4f} | " if split == "test" else "")
+            + f"{r[f'train_{m}']:.4f} | "
             f"{r['seconds_per_epoch']:.2f} | {last}"
         )
     return "\n".join(lines)
