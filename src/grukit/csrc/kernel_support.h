@@ -361,8 +361,8 @@ bool blas_available() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 // The float GEMM provider. kBlas: the sgemm torch exports (MKL in torch's x86 wheels, which runs
 // its AVX2 code on AMD CPUs). kBrgemm: oneDNN's batch-reduce GEMM micro-kernel through torch's
 // at::native::cpublas::brgemm (JIT-compiled per shape and cached, one thread, B as stored), for
-// products without a transposed operand whose B fits in cache (kBrgemmMaxB elements); it was
-// 1.2-2.7x faster than MKL at the recurrent products' shapes on an AMD EPYC with AVX-512
+// products without a transposed operand whose B fits in cache (kBrgemmMaxB elements); it ran
+// the kernels' block shapes at 1.09-1.59x MKL's speed on an AMD EPYC with AVX-512, one thread
 // (benchmarks/gemm_providers.py). float64 always uses BLAS. The choice depends on the CPU only
 // (never on timing), so a machine always computes the same bits.
 enum GemmProvider : int { kBlas = 0, kBrgemm = 1 };
