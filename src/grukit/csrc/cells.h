@@ -394,47 +394,37 @@ void with_family(const Layout& L, const F& f) {
 // ------------------------------------------------------------------- layer normalisation
 // u_k <- gain_k * (u_k - mean(u_k)) * rstd_k for the K blocks of H values of one row, with
 // rstd_k = 1 / sqrt(var(u_k) + eps) (biased variance, as torch.nn.functional.layer_norm).
-// Sums run in a fixed order (vector lanes, then the lanes in turn, then the tail).
+// Every pass runs over whole vectors, the last one partial (a masked load and store with
+// AVX-512), and a row's sums are reduced by a shuffle tree: a fixed order whatever the threads.
+// At H = 46 the scalar tails and lane-by-lane totals of an earlier version cost more than the
+// arithmetic.
 
 template <typename T>
 inline T lane_total(Vec<T> v) {
-  T lanes[Vec<T>::size()];
-  v.store(lanes);
-  T s = T(0);
-  for (int64_t i = 0; i < Vec<T>::size(); ++i) s += lanes[i];
-  return s;
+  return at::vec::vec_reduce_all<T>([](Vec<T> x, Vec<T> y) { return x + y; }, v);
 }
 
 // (sum of d[i], sum of d[i]^2) over [0, H) for d = a - shift, in one pass (the shift, the
 // row's first value, keeps the variance free of cancellation when the mean is large)
 template <typename T>
 inline std::pair<T, T> shifted_sums(const T* a, T shift, int64_t H) {
-  constexpr int64_t Wd = Vec<T>::size();
-  const Vec<T> c(shift);
-  Vec<T> s1(T(0)), s2(T(0));
-  int64_t i = 0;
-  for (; i + Wd <= H; i += Wd) {
-    const Vec<T> d = Vec<T>::loadu(a + i) - c;
+  const Vec<T> c(shift), zero(T(0));
+  Vec<T> s1(zero), s2(zero);
+  for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+    Vec<T> d = load<T>(a, j, cnt) - c;
+    if (cnt < Vec<T>::size()) d = Vec<T>::set(zero, d, cnt);  // the lanes past H count 0
     s1 = s1 + d;
     s2 = at::vec::fmadd(d, d, s2);
-  }
-  T t1 = lane_total(s1), t2 = lane_total(s2);
-  for (; i < H; ++i) {
-    const T d = a[i] - shift;
-    t1 += d;
-    t2 += d * d;
-  }
-  return {t1, t2};
+  });
+  return {lane_total(s1), lane_total(s2)};
 }
 
 constexpr double kLayerNormEps = 1e-5;  // grukit.cell_options.LAYER_NORM_EPS
 
 // Normalises one row's K blocks in place; xhat (K*H, or null) and rstd (K, or null) are saved.
-// Two passes per block: the shifted sums, then xhat = (u - mean) rstd and u = gain xhat (whole
-// vectors, then the tail one value at a time: partial vector loads cost more at small H).
+// Two passes per block: the shifted sums, then xhat = (u - mean) rstd and u = gain xhat.
 template <typename T>
 void layer_norm_row(T* u, int64_t K, int64_t H, const T* gain, T* xhat, T* rstd) {
-  constexpr int64_t Wd = Vec<T>::size();
   for (int64_t k = 0; k < K; ++k) {
     T* b = u + k * H;
     const auto [s1, s2] = shifted_sums<T>(b, b[0], H);
@@ -445,17 +435,11 @@ void layer_norm_row(T* u, int64_t K, int64_t H, const T* gain, T* xhat, T* rstd)
     const Vec<T> vm(mean), vr(rs);
     const T* gk = gain + k * H;
     T* xk = xhat ? xhat + k * H : nullptr;
-    int64_t i = 0;
-    for (; i + Wd <= H; i += Wd) {
-      const Vec<T> xh = (Vec<T>::loadu(b + i) - vm) * vr;
-      if (xk) xh.store(xk + i);
-      (xh * Vec<T>::loadu(gk + i)).store(b + i);
-    }
-    for (; i < H; ++i) {
-      const T xh = (b[i] - mean) * rs;
-      if (xk) xk[i] = xh;
-      b[i] = xh * gk[i];
-    }
+    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+      const Vec<T> xh = (load<T>(b, j, cnt) - vm) * vr;
+      if (xk) store(xk, j, cnt, xh);
+      store(b, j, cnt, xh * load<T>(gk, j, cnt));
+    });
     if (rstd) rstd[k] = rs;
   }
 }
@@ -476,7 +460,6 @@ void layer_norm_rows(T* u, int64_t ld, int64_t K, int64_t H, const T* gain, T* x
 template <typename T>
 void layer_norm_backward_row(const T* dy, const T* xhat, const T* rstd, const T* gain,
                              int64_t K, int64_t H, T* du, T* dyx) {
-  constexpr int64_t Wd = Vec<T>::size();
   for (int64_t k = 0; k < K; ++k) {
     const T* d = dy + k * H;
     const T* x = xhat + k * H;
@@ -484,31 +467,17 @@ void layer_norm_backward_row(const T* dy, const T* xhat, const T* rstd, const T*
     T* o = du + k * H;
     T* p = dyx + k * H;
     Vec<T> s1(T(0)), s2(T(0));
-    int64_t i = 0;
-    for (; i + Wd <= H; i += Wd) {
-      const Vec<T> dg = Vec<T>::loadu(d + i) * Vec<T>::loadu(gk + i);
+    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {  // the lanes past H load 0
+      const Vec<T> dg = load<T>(d, j, cnt) * load<T>(gk, j, cnt);
       s1 = s1 + dg;
-      s2 = at::vec::fmadd(dg, Vec<T>::loadu(x + i), s2);
-    }
-    T m1 = lane_total(s1), m2 = lane_total(s2);
-    for (; i < H; ++i) {
-      const T dg = d[i] * gk[i];
-      m1 += dg;
-      m2 += dg * x[i];
-    }
-    m1 /= T(H);
-    m2 /= T(H);
-    const T r = rstd[k];
-    const Vec<T> rs(r), vm1(m1), vm2(m2);
-    for (i = 0; i + Wd <= H; i += Wd) {
-      const Vec<T> dv = Vec<T>::loadu(d + i), xv = Vec<T>::loadu(x + i);
-      (rs * (dv * Vec<T>::loadu(gk + i) - vm1 - xv * vm2)).store(o + i);
-      (dv * xv).store(p + i);
-    }
-    for (; i < H; ++i) {
-      o[i] = r * (d[i] * gk[i] - m1 - x[i] * m2);
-      p[i] = d[i] * x[i];
-    }
+      s2 = at::vec::fmadd(dg, load<T>(x, j, cnt), s2);
+    });
+    const Vec<T> rs(rstd[k]), vm1(lane_total(s1) / T(H)), vm2(lane_total(s2) / T(H));
+    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+      const Vec<T> dv = load<T>(d, j, cnt), xv = load<T>(x, j, cnt);
+      store(o, j, cnt, rs * (dv * load<T>(gk, j, cnt) - vm1 - xv * vm2));
+      store(p, j, cnt, dv * xv);
+    });
   }
 }
 
