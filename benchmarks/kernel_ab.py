@@ -1,6 +1,7 @@
 """The fused kernel of another git revision against this checkout's, in one process.
 
     python benchmarks/kernel_ab.py --rev f65c4d4 --shapes S1,S2,S3,S4,S5 --variants gru,mgu
+    python benchmarks/kernel_ab.py --rev HEAD --shapes S2,S4 --layer-norm
 
 Builds the kernel sources of ``--rev`` (every file under ``src/grukit/csrc``) as a second
 extension, its ops renamed to ``torch.ops.grukit_ab``, and times one layer's training step
@@ -61,15 +62,19 @@ def build_revision(rev: str) -> None:
     )  # fmt: skip
 
 
-def _layer_call(ns: object, v: grukit.Variant, x, h0, w, bs, save: bool):
+def _layer_call(ns: object, v: grukit.Variant, x, h0, w, bs, save: bool, ln=()):
     spec = fused.kernel_spec(v)
-    return ns.rnn_forward(x, h0, *w, bs, spec, False, save)
+    extra = (None, None, None, *ln) if ln else ()
+    return ns.rnn_forward(x, h0, *w, bs, spec, False, save, *extra)
 
 
-def _train_step(ns: object, n_needs: int, v, x, h0, w, bs, g_out, g_hn):
-    out, hn, ws = _layer_call(ns, v, x, h0, w, bs, True)
+def _train_step(ns: object, n_needs: int, v, x, h0, w, bs, g_out, g_hn, ln=()):
+    out, hn, ws = _layer_call(ns, v, x, h0, w, bs, True, ln)
     needs = [1] * n_needs
-    return ns.rnn_backward(g_out, g_hn, x, h0, *w, ws, bs, fused.kernel_spec(v), False, needs)
+    extra = (None, None, None, *ln) if ln else ()
+    return ns.rnn_backward(
+        g_out, g_hn, x, h0, *w, ws, bs, fused.kernel_spec(v), False, needs, *extra
+    )
 
 
 def main() -> None:
@@ -79,6 +84,9 @@ def main() -> None:
     parser.add_argument("--variants", default="gru,gru_reset_before,mgu,mingru")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--layer-norm", action="store_true", help="both kernels with layer norm (gains 1 +- 0.1)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,20 +114,30 @@ def main() -> None:
             x = torch.rand(s.steps * s.batch, s.input, generator=g) - 0.5
             h0 = torch.zeros(s.batch, s.hidden)
             bs = torch.full((s.steps,), s.batch, dtype=torch.long)
+            ln: tuple = ()
+            if args.layer_norm:
+                m = grukit.GRU(s.input, s.hidden, variant=vname, layer_norm=True)
+                ln = tuple(
+                    1 + 0.2 * (torch.rand(p.shape, generator=g) - 0.5)
+                    for name, p in m.named_parameters()
+                    if name.startswith("layer_norm")
+                )
+                if len(ln) == 1:  # minGRU: no recurrent block
+                    ln = (ln[0], None)
             g_out = torch.rand(s.steps * s.batch, s.hidden, generator=g)
             g_hn = torch.rand(s.batch, s.hidden, generator=g)
-            a = _layer_call(ours, v, x, h0, w, bs, False)[0]
-            b = _layer_call(theirs, v, x, h0, w, bs, False)[0]
+            a = _layer_call(ours, v, x, h0, w, bs, False, ln)[0]
+            b = _layer_call(theirs, v, x, h0, w, bs, False, ln)[0]
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
             times: dict = {(ns, mode): [] for ns in (ours, theirs) for mode in ("train", "fwd")}
             # the first rounds warm up (and let the adaptive thread choice settle)
             for _ in range(args.rounds + FUSED_WARMUP):
                 for ns in (ours, theirs):
                     t = time.perf_counter()
-                    _train_step(ns, needs[ns], v, x, h0, w, bs, g_out, g_hn)
+                    _train_step(ns, needs[ns], v, x, h0, w, bs, g_out, g_hn, ln)
                     times[(ns, "train")].append(time.perf_counter() - t)
                     t = time.perf_counter()
-                    _layer_call(ns, v, x, h0, w, bs, False)
+                    _layer_call(ns, v, x, h0, w, bs, False, ln)
                     times[(ns, "fwd")].append(time.perf_counter() - t)
             ratio = {
                 m: statistics.median(times[(ours, m)][FUSED_WARMUP:])

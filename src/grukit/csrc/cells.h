@@ -408,11 +408,14 @@ inline T lane_total(Vec<T> v) {
 // row's first value, keeps the variance free of cancellation when the mean is large)
 template <typename T>
 inline std::pair<T, T> shifted_sums(const T* a, T shift, int64_t H) {
-  const Vec<T> c(shift), zero(T(0));
-  Vec<T> s1(zero), s2(zero);
+  constexpr int64_t Wd = Vec<T>::size();
+  T shifts[Wd];
+  const Vec<T> c(shift);
+  c.store(shifts);
+  Vec<T> s1(T(0)), s2(T(0));
   for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-    Vec<T> d = load<T>(a, j, cnt) - c;
-    if (cnt < Vec<T>::size()) d = Vec<T>::set(zero, d, cnt);  // the lanes past H count 0
+    // a partial vector loads 0 past H, from a and from the shifts, so those lanes count 0
+    const Vec<T> d = load<T>(a, j, cnt) - (cnt == Wd ? c : Vec<T>::loadu(shifts, cnt));
     s1 = s1 + d;
     s2 = at::vec::fmadd(d, d, s2);
   });
@@ -422,25 +425,33 @@ inline std::pair<T, T> shifted_sums(const T* a, T shift, int64_t H) {
 constexpr double kLayerNormEps = 1e-5;  // grukit.cell_options.LAYER_NORM_EPS
 
 // Normalises one row's K blocks in place; xhat (K*H, or null) and rstd (K, or null) are saved.
-// Two passes per block: the shifted sums, then xhat = (u - mean) rstd and u = gain xhat.
+// Two passes per block: the shifted sums, then xhat = (u - mean) rstd and u = gain xhat; the
+// sums of all K blocks come first, so that their reductions overlap.
 template <typename T>
 void layer_norm_row(T* u, int64_t K, int64_t H, const T* gain, T* xhat, T* rstd) {
-  for (int64_t k = 0; k < K; ++k) {
-    T* b = u + k * H;
-    const auto [s1, s2] = shifted_sums<T>(b, b[0], H);
-    const T dm = s1 / T(H);  // mean - b[0]
-    const T mean = b[0] + dm;
-    const T var = std::max(s2 / T(H) - dm * dm, T(0));
-    const T rs = T(1) / std::sqrt(var + T(kLayerNormEps));
-    const Vec<T> vm(mean), vr(rs);
-    const T* gk = gain + k * H;
-    T* xk = xhat ? xhat + k * H : nullptr;
-    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-      const Vec<T> xh = (load<T>(b, j, cnt) - vm) * vr;
-      if (xk) store(xk, j, cnt, xh);
-      store(b, j, cnt, xh * load<T>(gk, j, cnt));
-    });
-    if (rstd) rstd[k] = rs;
+  constexpr int64_t kMaxK = 4;
+  for (int64_t k0 = 0; k0 < K; k0 += kMaxK) {
+    const int64_t nk = std::min(K - k0, kMaxK);
+    T mean[kMaxK], rs[kMaxK];
+    for (int64_t k = 0; k < nk; ++k) {
+      const T* b = u + (k0 + k) * H;
+      const auto [s1, s2] = shifted_sums<T>(b, b[0], H);
+      const T dm = s1 / T(H);  // mean - b[0]
+      mean[k] = b[0] + dm;
+      rs[k] = T(1) / std::sqrt(std::max(s2 / T(H) - dm * dm, T(0)) + T(kLayerNormEps));
+    }
+    for (int64_t k = 0; k < nk; ++k) {
+      T* b = u + (k0 + k) * H;
+      const Vec<T> vm(mean[k]), vr(rs[k]);
+      const T* gk = gain + (k0 + k) * H;
+      T* xk = xhat ? xhat + (k0 + k) * H : nullptr;
+      for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+        const Vec<T> xh = (load<T>(b, j, cnt) - vm) * vr;
+        if (xk) store(xk, j, cnt, xh);
+        store(b, j, cnt, xh * load<T>(gk, j, cnt));
+      });
+      if (rstd) rstd[k0 + k] = rs[k];
+    }
   }
 }
 
