@@ -94,6 +94,29 @@ def test_the_providers_agree_to_rounding_and_brgemm_really_runs():
     assert_close_all(outs["brgemm"], outs["blas"], torch.float32, "brgemm against blas")
 
 
+@pytest.mark.skipif(not BRGEMM, reason="brgemm does not run here")
+@pytest.mark.parametrize("H,taken", [(24, True), (100, False)])
+def test_weight_gradients_go_to_brgemm_only_for_a_narrow_b(H, taken):
+    """The weight gradients A^T B take brgemm's (B^T A)^T path where B (the layer's inputs or
+    states) is at most 64 wide, and BLAS where it is wider; either way they match BLAS."""
+    torch.manual_seed(1)
+    m = grukit.GRU(H, H)
+    x = torch.randn(30, 8, H)
+    grads = {}
+    for provider in ("blas", "brgemm"):
+        grukit.fused.set_gemm_provider(provider)
+        before = grukit.fused.info()["brgemm_transposed_calls"]
+        m.zero_grad()
+        out, hn = m(x)
+        (out.square().sum() + hn.sum()).backward()
+        grew = grukit.fused.info()["brgemm_transposed_calls"] - before
+        assert (grew > 0) == (taken and provider == "brgemm"), (provider, grew)
+        grads[provider] = {k: p.grad.clone() for k, p in m.named_parameters()}
+    grukit.fused.set_gemm_provider("auto")
+    for k in grads["blas"]:
+        torch.testing.assert_close(grads["brgemm"][k], grads["blas"][k], rtol=1e-4, atol=1e-4)
+
+
 def test_float64_stays_on_blas(provider):
     m = grukit.GRU(5, 24, dtype=torch.float64)
     before = calls()["brgemm"]

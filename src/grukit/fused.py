@@ -505,12 +505,15 @@ def set_thread_policy(policy: str) -> None:
 
 
 def info() -> dict[str, Any]:
-    """What the kernels run on: the GEMM path, the thread policy and, under the adaptive policy,
+    """What the kernels run on: the GEMM path and provider, the products run per provider
+    (``gemm_calls``; ``brgemm_transposed_calls``: how many of brgemm's were weight gradients,
+    ``A^T B`` with a narrow B, computed as ``(B^T A)^T``), the thread policy and, under the adaptive policy,
     how many calls ran on one thread and on all since the policy was last set, and per kind of
     call (op and shape) the mean times it has learnt for both."""
     _require()
     one, every = torch.ops.grukit.thread_choices()
     learnt = torch.ops.grukit.thread_kinds()
+    calls = torch.ops.grukit.gemm_calls()
     kinds = [
         {"one_thread_ms": a * 1e-6, "all_threads_ms": b * 1e-6, "calls": int(c)}
         for a, b, c in zip(learnt[0::3], learnt[1::3], learnt[2::3], strict=True)
@@ -519,9 +522,8 @@ def info() -> dict[str, Any]:
         "gemm": "BLAS called directly" if torch.ops.grukit.uses_blas() else "at::mm fallback",
         "gemm_provider": gemm_provider(),
         "brgemm_available": bool(torch.ops.grukit.brgemm_available()),
-        "gemm_calls": dict(
-            zip(GEMM_PROVIDERS, map(int, torch.ops.grukit.gemm_calls()), strict=True)
-        ),
+        "gemm_calls": dict(zip(GEMM_PROVIDERS, map(int, calls[:2]), strict=True)),
+        "brgemm_transposed_calls": int(calls[2]),
         "threads": torch.get_num_threads(),
         "thread_policy": THREAD_POLICIES[int(torch.ops.grukit.thread_policy())],
         "calls_on_one_thread": int(one),

@@ -744,7 +744,10 @@ void set_gemm_provider(int64_t provider) {
 }
 int64_t gemm_provider_in_use() { return gemm_provider(); }
 bool brgemm_available() { return brgemm_works(); }
-std::vector<int64_t> gemm_calls() { return {g_gemm_calls[kBlas].load(), g_gemm_calls[kBrgemm].load()}; }
+// products per provider (blas, brgemm), then how many of brgemm's were A^T B
+std::vector<int64_t> gemm_calls() {
+  return {g_gemm_calls[kBlas].load(), g_gemm_calls[kBrgemm].load(), g_brgemm_at_b_calls.load()};
+}
 
 void set_thread_policy(int64_t policy) { g_threads.set_policy(int(policy)); }
 int64_t thread_policy() { return g_threads.policy(); }

@@ -369,6 +369,7 @@ enum GemmProvider : int { kBlas = 0, kBrgemm = 1 };
 constexpr int64_t kBrgemmMaxB = int64_t(1) << 20;
 std::atomic<int> g_gemm_provider{-1};  // -1: not chosen yet (the CPU's default on first use)
 std::atomic<int64_t> g_gemm_calls[2];  // serial products per provider (the tests' witness)
+std::atomic<int64_t> g_brgemm_at_b_calls{0};  // of them, brgemm's A^T B (weight gradients)
 
 // Whether brgemm runs here and gives the right product (torch builds without oneDNN's
 // micro-kernels raise; a tiny product is checked once).
@@ -494,6 +495,41 @@ void gemv_row(bool tb, int64_t N, int64_t K, const T* A, int64_t inc, const T* B
   }
 }
 
+// C[M,N] = A^T B + beta C (beta 0 or 1) through brgemm, for A (K, M) and B (K, N) as stored
+// (the weight gradients: A the pre-activation gradients, B the layer's inputs or states).
+// brgemm reads its second operand as stored, so this computes C^T = B^T A: B^T is formed kb
+// rows of B at a time in a thread-local buffer (small, since N is the narrow side), each block's
+// product is added into a (N, M) buffer, and C takes its transpose. The blocks depend on the
+// shape only. Returns false (nothing done) where the shape does not suit.
+constexpr int64_t kBrgemmAtBMaxN = 64;
+inline bool brgemm_at_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                        const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  const int64_t kb = std::min<int64_t>(K, std::max<int64_t>(64, (int64_t(1) << 17) / N));
+  // measured (benchmarks/kernel_ab.py, AVX-512 EPYC): 0.85-0.88x the BLAS step at S3 (N = 64
+  // and 8), 1.15-1.34x slower at S4 and S5 (N = 256, 88, 128), so narrow B only
+  if (N > kBrgemmAtBMaxN || M * kb > kBrgemmMaxB) return false;
+  thread_local std::vector<float> bt, ct;
+  bt.resize(size_t(N * kb));
+  ct.resize(size_t(N * M));
+  for (int64_t k0 = 0; k0 < K; k0 += kb) {
+    const int64_t kn = std::min(kb, K - k0);
+    for (int64_t k = 0; k < kn; ++k) {
+      const float* row = B + (k0 + k) * ldb;
+      for (int64_t n = 0; n < N; ++n) bt[size_t(n * kn + k)] = row[n];
+    }
+    at::native::cpublas::brgemm(N, M, kn, kn, lda, M, k0 > 0, bt.data(), A + k0 * lda,
+                                ct.data(), false);
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    float* c = C + m * ldc;
+    if (beta == 0.f)
+      for (int64_t n = 0; n < N; ++n) c[n] = ct[size_t(n * M + m)];
+    else
+      for (int64_t n = 0; n < N; ++n) c[n] += ct[size_t(n * M + m)];
+  }
+  return true;
+}
+
 // Row-major C[M,N] = op(A)[M,K] * op(B)[K,N] + beta * C, one thread.
 // op(A) = A (A is M x K, ld lda) or A^T (A is K x M); likewise B.
 template <typename T>
@@ -513,6 +549,12 @@ void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
     if (!ta && !tb && (beta == T(0) || beta == T(1)) && brgemm_takes(N, K)) {
       g_gemm_calls[kBrgemm].fetch_add(1, std::memory_order_relaxed);
       at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, beta == T(1), A, B, C, false);
+      return;
+    }
+    if (ta && !tb && (beta == T(0) || beta == T(1)) && brgemm_takes(N, 1) &&
+        brgemm_at_b(M, N, K, A, lda, B, ldb, beta, C, ldc)) {
+      g_gemm_calls[kBrgemm].fetch_add(1, std::memory_order_relaxed);
+      g_brgemm_at_b_calls.fetch_add(1, std::memory_order_relaxed);
       return;
     }
   }
