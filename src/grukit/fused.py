@@ -507,9 +507,9 @@ def set_thread_policy(policy: str) -> None:
 def info() -> dict[str, Any]:
     """What the kernels run on: the GEMM path and provider, the products run per provider
     (``gemm_calls``; ``brgemm_transposed_calls``: how many of brgemm's were weight gradients,
-    ``A^T B`` with a narrow B, computed as ``(B^T A)^T``), the thread policy and, under the adaptive policy,
-    how many calls ran on one thread and on all since the policy was last set, and per kind of
-    call (op and shape) the mean times it has learnt for both."""
+    ``A^T B`` with a narrow B, computed as ``(B^T A)^T``), the thread policy and, under the
+    adaptive policy, how many calls ran on one thread and on all since the policy was last set,
+    and per kind of call (op and shape) the mean times it has learnt for both."""
     _require()
     one, every = torch.ops.grukit.thread_choices()
     learnt = torch.ops.grukit.thread_kinds()
