@@ -424,48 +424,48 @@ inline std::pair<T, T> shifted_sums(const T* a, T shift, int64_t H) {
 
 constexpr double kLayerNormEps = 1e-5;  // grukit.cell_options.LAYER_NORM_EPS
 
-// Normalises one row's K blocks in place; xhat (K*H, or null) and rstd (K, or null) are saved.
-// Two passes per block: the shifted sums, then xhat = (u - mean) rstd and u = gain xhat; the
-// sums of all K blocks come first, so that their reductions overlap.
+// Rows [r0, r1) of a (rows, ld) matrix whose first K*H columns are normalised in place, block
+// by block; row b saves xhat (K*H) into xhat + b * save_ld and rstd (K) into rstd + b * save_ld
+// (when xhat is given). Up to kBatch blocks at a time: their shifted sums (independent, so their
+// reductions overlap), then one vector square root and division for all of them, then
+// xhat = (u - mean) rstd and u = gain xhat. A 46-wide block is short enough that each block's
+// chain of reductions, square root and division cost more than its arithmetic.
 template <typename T>
-void layer_norm_row(T* u, int64_t K, int64_t H, const T* gain, T* xhat, T* rstd) {
-  constexpr int64_t kMaxK = 4;
-  for (int64_t k0 = 0; k0 < K; k0 += kMaxK) {
-    const int64_t nk = std::min(K - k0, kMaxK);
-    T mean[kMaxK], rs[kMaxK];
-    for (int64_t k = 0; k < nk; ++k) {
-      const T* b = u + (k0 + k) * H;
-      const auto [s1, s2] = shifted_sums<T>(b, b[0], H);
-      const T dm = s1 / T(H);  // mean - b[0]
-      mean[k] = b[0] + dm;
-      rs[k] = T(1) / std::sqrt(std::max(s2 / T(H) - dm * dm, T(0)) + T(kLayerNormEps));
+void layer_norm_rows(T* u, int64_t ld, int64_t K, int64_t H, const T* gain, T* xhat,
+                     T* rstd, int64_t save_ld, int64_t r0, int64_t r1) {
+  constexpr int64_t kBatch = 64;
+  T mean[kBatch], rs[kBatch];
+  const int64_t total = (r1 - r0) * K;
+  for (int64_t p0 = 0; p0 < total; p0 += kBatch) {
+    const int64_t np = std::min(kBatch, total - p0);
+    for (int64_t p = 0; p < np; ++p) {
+      const int64_t q = p0 + p, b = r0 + q / K, k = q % K;
+      const T* a = u + b * ld + k * H;
+      const auto [s1, s2] = shifted_sums<T>(a, a[0], H);
+      const T dm = s1 / T(H);  // mean - a[0]
+      mean[p] = a[0] + dm;
+      rs[p] = std::max(s2 / T(H) - dm * dm, T(0)) + T(kLayerNormEps);  // var + eps, for now
     }
-    for (int64_t k = 0; k < nk; ++k) {
-      T* b = u + (k0 + k) * H;
-      const Vec<T> vm(mean[k]), vr(rs[k]);
-      const T* gk = gain + (k0 + k) * H;
-      T* xk = xhat ? xhat + (k0 + k) * H : nullptr;
+    for_lanes<T>(np, [&](int64_t j, int64_t cnt) {  // rstd = 1 / sqrt(var + eps)
+      (Vec<T>(T(1)) / load<T>(rs, j, cnt).sqrt()).store(rs + j, cnt);  // (lanes past np unused)
+    });
+    for (int64_t p = 0; p < np; ++p) {
+      const int64_t q = p0 + p, b = r0 + q / K, k = q % K;
+      T* a = u + b * ld + k * H;
+      const Vec<T> vm(mean[p]), vr(rs[p]);
+      const T* gk = gain + k * H;
+      T* xk = xhat ? xhat + b * save_ld + k * H : nullptr;
       for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-        const Vec<T> xh = (load<T>(b, j, cnt) - vm) * vr;
+        const Vec<T> xh = (load<T>(a, j, cnt) - vm) * vr;
         if (xk) store(xk, j, cnt, xh);
-        store(b, j, cnt, xh * load<T>(gk, j, cnt));
+        store(a, j, cnt, xh * load<T>(gk, j, cnt));
       });
-      if (rstd) rstd[k0 + k] = rs[k];
+      if (xhat) rstd[b * save_ld + k] = rs[p];
     }
   }
 }
 
-// Rows [r0, r1) of a (rows, ld) matrix whose first K*H columns are normalised; row b saves
-// into xhat + b * save_ld and rstd + b * save_ld (when xhat is given).
-template <typename T>
-void layer_norm_rows(T* u, int64_t ld, int64_t K, int64_t H, const T* gain, T* xhat,
-                     T* rstd, int64_t save_ld, int64_t r0, int64_t r1) {
-  for (int64_t b = r0; b < r1; ++b)
-    layer_norm_row<T>(u + b * ld, K, H, gain, xhat ? xhat + b * save_ld : nullptr,
-                      xhat ? rstd + b * save_ld : nullptr);
-}
-
-// Backward of layer_norm_row for one row: du = rstd (gain dy - mean(gain dy)
+// Backward of layer_norm_rows for one row: du = rstd (gain dy - mean(gain dy)
 // - xhat mean(gain dy xhat)), block by block; du may not alias dy. dyx gets dy * xhat, the
 // row's share of the gains' gradient (summed over rows later, in a fixed order).
 template <typename T>
