@@ -153,8 +153,8 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
 // step's barrier, and one thread is faster. Each kind keeps a moving average of both choices'
 // times and runs on all threads unless one thread is clearly (15%) faster; the other choice is
 // re-timed (two calls, the faster kept) once every `interval` calls (16, doubling to 256 while
-// the choice stands) or after 10 s, so a change in the machine's load is followed. Policy "all"
-// always uses torch's thread count (as the kernels did before).
+// the choice stands) or after 10 s and 16 calls, so a change in the machine's load is
+// followed. Policy "all" always uses torch's thread count (as the kernels did before).
 
 class ThreadTuner {
  public:
@@ -176,10 +176,14 @@ class ThreadTuner {
       a = k.samples[0] <= k.samples[1] ? 0 : 1;
     } else {
       const auto now = std::chrono::steady_clock::now();
-      if (k.calls >= k.next_probe || now - k.last_probe > std::chrono::seconds(10)) {
+      // the time rule waits for kFirstInterval calls too: calls of a second or more (or a
+      // benchmark that interleaves many kinds) would otherwise re-time every other call
+      if (k.calls >= k.next_probe || (now - k.last_probe > std::chrono::seconds(10) &&
+                                      k.calls - k.probe_calls >= kFirstInterval)) {
         a = 1 - k.best;
         k.probing = true;
         k.last_probe = now;
+        k.probe_calls = k.calls;
       } else {
         a = k.best;
       }
@@ -260,6 +264,7 @@ class ThreadTuner {
     double ema[2] = {0, 0};
     int64_t seen[2] = {0, 0}, samples[2] = {0, 0};
     int64_t calls = 0, next_probe = 0, interval = kFirstInterval;
+    int64_t probe_calls = 0;  // calls at the last probe
     int best = 1;
     bool confirming = false;
     bool probing = false;
