@@ -465,30 +465,54 @@ void layer_norm_rows(T* u, int64_t ld, int64_t K, int64_t H, const T* gain, T* x
   }
 }
 
-// Backward of layer_norm_rows for one row: du = rstd (gain dy - mean(gain dy)
+// Backward of layer_norm_rows for rows [r0, r1): du = rstd (gain dy - mean(gain dy)
 // - xhat mean(gain dy xhat)), block by block; du may not alias dy. dyx gets dy * xhat, the
-// row's share of the gains' gradient (summed over rows later, in a fixed order).
+// row's share of the gains' gradient (summed over rows later, in a fixed order). Row b reads
+// dy + b * ld_dy, xhat + b * ld_saved (K*H) and rstd + b * ld_saved (K), and writes
+// du + b * ld_out and dyx + b * ld_out. Like the forward, up to kBatch blocks at a time: all
+// their sums, then one vector division for their means, then their gradients.
 template <typename T>
-void layer_norm_backward_row(const T* dy, const T* xhat, const T* rstd, const T* gain,
-                             int64_t K, int64_t H, T* du, T* dyx) {
-  for (int64_t k = 0; k < K; ++k) {
-    const T* d = dy + k * H;
-    const T* x = xhat + k * H;
-    const T* gk = gain + k * H;
-    T* o = du + k * H;
-    T* p = dyx + k * H;
-    Vec<T> s1(T(0)), s2(T(0));
-    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {  // the lanes past H load 0
-      const Vec<T> dg = load<T>(d, j, cnt) * load<T>(gk, j, cnt);
-      s1 = s1 + dg;
-      s2 = at::vec::fmadd(dg, load<T>(x, j, cnt), s2);
+void layer_norm_backward_rows(const T* dy, int64_t ld_dy, const T* xhat, const T* rstd,
+                              int64_t ld_saved, const T* gain, int64_t K, int64_t H, T* du,
+                              T* dyx, int64_t ld_out, int64_t r0, int64_t r1) {
+  constexpr int64_t kBatch = 64;
+  T m1[kBatch], m2[kBatch];
+  const int64_t total = (r1 - r0) * K;
+  for (int64_t p0 = 0; p0 < total; p0 += kBatch) {
+    const int64_t np = std::min(kBatch, total - p0);
+    for (int64_t p = 0; p < np; ++p) {
+      const int64_t q = p0 + p, b = r0 + q / K, k = q % K;
+      const T* d = dy + b * ld_dy + k * H;
+      const T* x = xhat + b * ld_saved + k * H;
+      const T* gk = gain + k * H;
+      Vec<T> s1(T(0)), s2(T(0));
+      for_lanes<T>(H, [&](int64_t j, int64_t cnt) {  // the lanes past H load 0
+        const Vec<T> dg = load<T>(d, j, cnt) * load<T>(gk, j, cnt);
+        s1 = s1 + dg;
+        s2 = at::vec::fmadd(dg, load<T>(x, j, cnt), s2);
+      });
+      m1[p] = lane_total(s1);
+      m2[p] = lane_total(s2);
+    }
+    const Vec<T> vh(static_cast<T>(H));
+    for_lanes<T>(np, [&](int64_t j, int64_t cnt) {  // the means (lanes past np unused)
+      (load<T>(m1, j, cnt) / vh).store(m1 + j, cnt);
+      (load<T>(m2, j, cnt) / vh).store(m2 + j, cnt);
     });
-    const Vec<T> rs(rstd[k]), vm1(lane_total(s1) / T(H)), vm2(lane_total(s2) / T(H));
-    for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-      const Vec<T> dv = load<T>(d, j, cnt), xv = load<T>(x, j, cnt);
-      store(o, j, cnt, rs * (dv * load<T>(gk, j, cnt) - vm1 - xv * vm2));
-      store(p, j, cnt, dv * xv);
-    });
+    for (int64_t p = 0; p < np; ++p) {
+      const int64_t q = p0 + p, b = r0 + q / K, k = q % K;
+      const T* d = dy + b * ld_dy + k * H;
+      const T* x = xhat + b * ld_saved + k * H;
+      const T* gk = gain + k * H;
+      T* o = du + b * ld_out + k * H;
+      T* pp = dyx + b * ld_out + k * H;
+      const Vec<T> rs(rstd[b * ld_saved + k]), vm1(m1[p]), vm2(m2[p]);
+      for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
+        const Vec<T> dv = load<T>(d, j, cnt), xv = load<T>(x, j, cnt);
+        store(o, j, cnt, rs * (dv * load<T>(gk, j, cnt) - vm1 - xv * vm2));
+        store(pp, j, cnt, dv * xv);
+      });
+    }
   }
 }
 

@@ -347,10 +347,9 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
   auto ln_back = [&](const T* w, T* da, int64_t n, int64_t col, int64_t k0, int64_t K, int64_t du_col) {
     PhaseTimer timer(kBackElementwise);
     for_rows(n, K * H, [&](int64_t r0, int64_t r1) {
-      for (int64_t b = r0; b < r1; ++b)
-        layer_norm_backward_row<T>(da + b * sa + col, w + b * sw + (L.ws_xhat_h + k0) * H,
-                                   w + b * sw + L.W * H + L.Gx + k0, E.ln_hh + k0 * H, K, H,
-                                   da + b * sa + du_col, da + b * sa + (L.da_dyx + k0) * H);
+      layer_norm_backward_rows<T>(da + col, sa, w + (L.ws_xhat_h + k0) * H,
+                                  w + L.W * H + L.Gx + k0, sw, E.ln_hh + k0 * H, K, H,
+                                  da + du_col, da + (L.da_dyx + k0) * H, sa, r0, r1);
     });
   };
 
@@ -434,15 +433,12 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
       T* du = dux.data_ptr<T>();
       T* dyx = du + max_rows * sx;
       for_rows(rows, sx, [&](int64_t r0, int64_t r1) {
-        for (int64_t b = r0; b < r1; ++b)
-          for (const Segment& sg : x_seg)
-            for (int64_t k = 0; k < sg.width / H; ++k) {
-              const int64_t blk = sg.row / H + k;  // the block of weight_ih
-              layer_norm_backward_row<T>(dAc + b * sa + sg.col + k * H,
-                                         wsc + b * sw + (L.ws_xhat_x + blk) * H,
-                                         wsc + b * sw + L.W * H + blk, E.ln_ih + blk * H, 1, H,
-                                         du + b * sx + blk * H, dyx + b * sx + blk * H);
-            }
+        for (const Segment& sg : x_seg) {  // the segment's blocks of weight_ih, from block blk
+          const int64_t blk = sg.row / H;
+          layer_norm_backward_rows<T>(dAc + sg.col, sa, wsc + (L.ws_xhat_x + blk) * H,
+                                      wsc + L.W * H + blk, sw, E.ln_ih + blk * H, sg.width / H,
+                                      H, du + blk * H, dyx + blk * H, sx, r0, r1);
+        }
       });
       if (dx.defined())
         gemm<T>(false, false, rows, I, sx, du, sx, w_ih.data_ptr<T>(), I, T(0),
