@@ -424,6 +424,21 @@ inline std::pair<T, T> shifted_sums(const T* a, T shift, int64_t H) {
 
 constexpr double kLayerNormEps = 1e-5;  // grukit.cell_options.LAYER_NORM_EPS
 
+// Calls f(np, at) for the (row, block) pairs of rows [r0, r1) x K blocks, kLayerNormBatch
+// pairs at a time (the last batch shorter); at(p) is the p-th pair of the batch.
+constexpr int64_t kLayerNormBatch = 64;
+template <typename F>
+void for_block_batches(int64_t r0, int64_t r1, int64_t K, const F& f) {
+  const int64_t total = (r1 - r0) * K;
+  for (int64_t p0 = 0; p0 < total; p0 += kLayerNormBatch) {
+    const auto at = [=](int64_t p) {
+      const int64_t q = p0 + p;
+      return std::pair<int64_t, int64_t>{r0 + q / K, q % K};
+    };
+    f(std::min(kLayerNormBatch, total - p0), at);
+  }
+}
+
 // Rows [r0, r1) of a (rows, ld) matrix whose first K*H columns are normalised in place, block
 // by block; row b saves xhat (K*H) into xhat + b * save_ld and rstd (K) into rstd + b * save_ld
 // (when xhat is given). Up to kBatch blocks at a time: their shifted sums (independent, so their
@@ -433,13 +448,10 @@ constexpr double kLayerNormEps = 1e-5;  // grukit.cell_options.LAYER_NORM_EPS
 template <typename T>
 void layer_norm_rows(T* u, int64_t ld, int64_t K, int64_t H, const T* gain, T* xhat,
                      T* rstd, int64_t save_ld, int64_t r0, int64_t r1) {
-  constexpr int64_t kBatch = 64;
-  T mean[kBatch], rs[kBatch];
-  const int64_t total = (r1 - r0) * K;
-  for (int64_t p0 = 0; p0 < total; p0 += kBatch) {
-    const int64_t np = std::min(kBatch, total - p0);
+  T mean[kLayerNormBatch], rs[kLayerNormBatch];
+  for_block_batches(r0, r1, K, [&](int64_t np, const auto& at) {
     for (int64_t p = 0; p < np; ++p) {
-      const int64_t q = p0 + p, b = r0 + q / K, k = q % K;
+      const auto [b, k] = at(p);
       const T* a = u + b * ld + k * H;
       const auto [s1, s2] = shifted_sums<T>(a, a[0], H);
       const T dm = s1 / T(H);  // mean - a[0]
@@ -450,7 +462,7 @@ void layer_norm_rows(T* u, int64_t ld, int64_t K, int64_t H, const T* gain, T* x
       (Vec<T>(T(1)) / load<T>(rs, j, cnt).sqrt()).store(rs + j, cnt);  // (lanes past np unused)
     });
     for (int64_t p = 0; p < np; ++p) {
-      const int64_t q = p0 + p, b = r0 + q / K, k = q % K;
+      const auto [b, k] = at(p);
       T* a = u + b * ld + k * H;
       const Vec<T> vm(mean[p]), vr(rs[p]);
       const T* gk = gain + k * H;
@@ -462,7 +474,7 @@ void layer_norm_rows(T* u, int64_t ld, int64_t K, int64_t H, const T* gain, T* x
       });
       if (xhat) rstd[b * save_ld + k] = rs[p];
     }
-  }
+  });
 }
 
 // Backward of layer_norm_rows for rows [r0, r1): du = rstd (gain dy - mean(gain dy)
@@ -475,13 +487,10 @@ template <typename T>
 void layer_norm_backward_rows(const T* dy, int64_t ld_dy, const T* xhat, const T* rstd,
                               int64_t ld_saved, const T* gain, int64_t K, int64_t H, T* du,
                               T* dyx, int64_t ld_out, int64_t r0, int64_t r1) {
-  constexpr int64_t kBatch = 64;
-  T m1[kBatch], m2[kBatch];
-  const int64_t total = (r1 - r0) * K;
-  for (int64_t p0 = 0; p0 < total; p0 += kBatch) {
-    const int64_t np = std::min(kBatch, total - p0);
+  T m1[kLayerNormBatch], m2[kLayerNormBatch];
+  for_block_batches(r0, r1, K, [&](int64_t np, const auto& at) {
     for (int64_t p = 0; p < np; ++p) {
-      const int64_t q = p0 + p, b = r0 + q / K, k = q % K;
+      const auto [b, k] = at(p);
       const T* d = dy + b * ld_dy + k * H;
       const T* x = xhat + b * ld_saved + k * H;
       const T* gk = gain + k * H;
@@ -500,7 +509,7 @@ void layer_norm_backward_rows(const T* dy, int64_t ld_dy, const T* xhat, const T
       (load<T>(m2, j, cnt) / vh).store(m2 + j, cnt);
     });
     for (int64_t p = 0; p < np; ++p) {
-      const int64_t q = p0 + p, b = r0 + q / K, k = q % K;
+      const auto [b, k] = at(p);
       const T* d = dy + b * ld_dy + k * H;
       const T* x = xhat + b * ld_saved + k * H;
       const T* gk = gain + k * H;
@@ -513,7 +522,7 @@ void layer_norm_backward_rows(const T* dy, int64_t ld_dy, const T* xhat, const T
         store(pp, j, cnt, dv * xv);
       });
     }
-  }
+  });
 }
 
 }  // namespace
