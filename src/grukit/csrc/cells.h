@@ -441,7 +441,7 @@ void for_block_batches(int64_t r0, int64_t r1, int64_t K, const F& f) {
 
 // Rows [r0, r1) of a (rows, ld) matrix whose first K*H columns are normalised in place, block
 // by block; row b saves xhat (K*H) into xhat + b * save_ld and rstd (K) into rstd + b * save_ld
-// (when xhat is given). Up to kBatch blocks at a time: their shifted sums (independent, so their
+// (when xhat is given). kLayerNormBatch blocks at a time: their shifted sums (independent, so their
 // reductions overlap), then one vector square root and division for all of them, then
 // xhat = (u - mean) rstd and u = gain xhat. A 46-wide block is short enough that each block's
 // chain of reductions, square root and division cost more than its arithmetic.
@@ -481,7 +481,7 @@ void layer_norm_rows(T* u, int64_t ld, int64_t K, int64_t H, const T* gain, T* x
 // - xhat mean(gain dy xhat)), block by block; du may not alias dy. dyx gets dy * xhat, the
 // row's share of the gains' gradient (summed over rows later, in a fixed order). Row b reads
 // dy + b * ld_dy, xhat + b * ld_saved (K*H) and rstd + b * ld_saved (K), and writes
-// du + b * ld_out and dyx + b * ld_out. Like the forward, up to kBatch blocks at a time: all
+// du + b * ld_out and dyx + b * ld_out. Like the forward, kLayerNormBatch blocks at a time: all
 // their sums, then one vector division for their means, then their gradients.
 template <typename T>
 void layer_norm_backward_rows(const T* dy, int64_t ld_dy, const T* xhat, const T* rstd,

@@ -409,12 +409,14 @@ int gemm_provider() {
   return p;
 }
 
-// Whether a float product C[M,N] = A[M,K] B[K,N] (both as stored) goes to brgemm.
-// (torch.backends.mkldnn.enabled = False turns brgemm into a BLAS call: it is not taken then.)
-inline bool brgemm_takes(int64_t N, int64_t K) {
-  return gemm_provider() == kBrgemm && N * K <= kBrgemmMaxB &&
-         at::globalContext().userEnabledMkldnn();
+// Whether float products go to brgemm at all (torch.backends.mkldnn.enabled = False turns
+// brgemm into a BLAS call: it is not taken then).
+inline bool brgemm_on() {
+  return gemm_provider() == kBrgemm && at::globalContext().userEnabledMkldnn();
 }
+
+// Whether a float product C[M,N] = A[M,K] B[K,N] (both as stored) goes to brgemm.
+inline bool brgemm_takes(int64_t N, int64_t K) { return N * K <= kBrgemmMaxB && brgemm_on(); }
 
 // Column-major BLAS call.
 inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda,
@@ -510,7 +512,7 @@ constexpr int64_t kBrgemmAtBMaxN = 64;
 inline bool brgemm_at_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                         const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   const int64_t kb = std::min<int64_t>(K, std::max<int64_t>(64, (int64_t(1) << 17) / N));
-  // measured (benchmarks/kernel_ab.py, AVX-512 EPYC): 0.85-0.88x the BLAS step at S3 (N = 64
+  // measured (benchmarks/kernel_ab.py, AVX-512 EPYC): 0.85-0.93x the BLAS step at S3 (N = 64
   // and 8), 1.15-1.34x slower at S4 and S5 (N = 256, 88, 128), so narrow B only
   if (N > kBrgemmAtBMaxN || M * kb > kBrgemmMaxB) return false;
   thread_local std::vector<float> bt, ct;
@@ -556,7 +558,7 @@ void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, 
       at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, beta == T(1), A, B, C, false);
       return;
     }
-    if (ta && !tb && (beta == T(0) || beta == T(1)) && brgemm_takes(N, 1) &&
+    if (ta && !tb && (beta == T(0) || beta == T(1)) && brgemm_on() &&
         brgemm_at_b(M, N, K, A, lda, B, ldb, beta, C, ldc)) {
       g_gemm_calls[kBrgemm].fetch_add(1, std::memory_order_relaxed);
       g_brgemm_at_b_calls.fetch_add(1, std::memory_order_relaxed);
