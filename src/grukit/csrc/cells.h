@@ -408,14 +408,13 @@ inline T lane_total(Vec<T> v) {
 // row's first value, keeps the variance free of cancellation when the mean is large)
 template <typename T>
 inline std::pair<T, T> shifted_sums(const T* a, T shift, int64_t H) {
-  constexpr int64_t Wd = Vec<T>::size();
-  T shifts[Wd];
-  const Vec<T> c(shift);
-  c.store(shifts);
+  const Vec<T> c(shift), zero(T(0));
   Vec<T> s1(T(0)), s2(T(0));
   for_lanes<T>(H, [&](int64_t j, int64_t cnt) {
-    // a partial vector loads 0 past H, from a and from the shifts, so those lanes count 0
-    const Vec<T> d = load<T>(a, j, cnt) - (cnt == Wd ? c : Vec<T>::loadu(shifts, cnt));
+    Vec<T> d = load<T>(a, j, cnt) - c;
+    // the lanes past H: a blend, not a masked load of a stored shift vector (the store
+    // cannot be forwarded to that load, and each block waited for it)
+    if (cnt != Vec<T>::size()) d = Vec<T>::set(zero, d, cnt);
     s1 = s1 + d;
     s2 = at::vec::fmadd(d, d, s2);
   });
@@ -425,17 +424,22 @@ inline std::pair<T, T> shifted_sums(const T* a, T shift, int64_t H) {
 constexpr double kLayerNormEps = 1e-5;  // grukit.cell_options.LAYER_NORM_EPS
 
 // Calls f(np, at) for the (row, block) pairs of rows [r0, r1) x K blocks, kLayerNormBatch
-// pairs at a time (the last batch shorter); at(p) is the p-th pair of the batch.
+// pairs at a time (the last batch shorter); at(p) is the p-th pair of the batch, from a table
+// filled by counting (a division per pair cost as much as a block's sums).
 constexpr int64_t kLayerNormBatch = 64;
 template <typename F>
 void for_block_batches(int64_t r0, int64_t r1, int64_t K, const F& f) {
+  int64_t rows[kLayerNormBatch], blocks[kLayerNormBatch];
+  const auto at = [&](int64_t p) { return std::pair<int64_t, int64_t>{rows[p], blocks[p]}; };
+  int64_t b = r0, k = 0;
   const int64_t total = (r1 - r0) * K;
   for (int64_t p0 = 0; p0 < total; p0 += kLayerNormBatch) {
-    const auto at = [=](int64_t p) {
-      const int64_t q = p0 + p;
-      return std::pair<int64_t, int64_t>{r0 + q / K, q % K};
-    };
-    f(std::min(kLayerNormBatch, total - p0), at);
+    const int64_t np = std::min(kLayerNormBatch, total - p0);
+    for (int64_t p = 0; p < np; ++p) {
+      rows[p] = b, blocks[p] = k;
+      if (++k == K) k = 0, ++b;
+    }
+    f(np, at);
   }
 }
 
@@ -449,14 +453,15 @@ template <typename T>
 void layer_norm_rows(T* u, int64_t ld, int64_t K, int64_t H, const T* gain, T* xhat,
                      T* rstd, int64_t save_ld, int64_t r0, int64_t r1) {
   T mean[kLayerNormBatch], rs[kLayerNormBatch];
+  const T inv_h = T(1) / T(H);
   for_block_batches(r0, r1, K, [&](int64_t np, const auto& at) {
     for (int64_t p = 0; p < np; ++p) {
       const auto [b, k] = at(p);
       const T* a = u + b * ld + k * H;
       const auto [s1, s2] = shifted_sums<T>(a, a[0], H);
-      const T dm = s1 / T(H);  // mean - a[0]
+      const T dm = s1 * inv_h;  // mean - a[0]
       mean[p] = a[0] + dm;
-      rs[p] = std::max(s2 / T(H) - dm * dm, T(0)) + T(kLayerNormEps);  // var + eps, for now
+      rs[p] = std::max(s2 * inv_h - dm * dm, T(0)) + T(kLayerNormEps);  // var + eps, for now
     }
     for_lanes<T>(np, [&](int64_t j, int64_t cnt) {  // rstd = 1 / sqrt(var + eps)
       (Vec<T>(T(1)) / load<T>(rs, j, cnt).sqrt()).store(rs + j, cnt);  // (lanes past np unused)

@@ -147,7 +147,7 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
   const auto chunks = make_chunks(S, rows_for<T>(sx, int64_t(1) << 19));
   int64_t max_rows = 0;
   for (const auto& c : chunks) max_rows = std::max(max_rows, c.r1 - c.r0);
-  at::Tensor gx = at::empty({max_rows, sx}, opts);
+  at::Tensor gx = pooled_empty({max_rows, sx}, opts);
   const WeightT<T> whh_t = w_hh.has_value() && w_hh->defined() ? WeightT<T>(*w_hh) : WeightT<T>();
   const WeightT<T> wih_t(w_ih);
   const T* bih = ptr_or_null<T>(b_ih);
@@ -316,11 +316,11 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
 #else
   const bool overlap = false;
 #endif
-  at::Tensor dA = at::empty({overlap ? 2 : 1, max_rows, sa}, x.options());
+  at::Tensor dA = pooled_empty({overlap ? 2 : 1, max_rows, sa}, x.options());
   at::Tensor drh = L.before() ? at::empty({N, H}, x.options()) : at::Tensor();
   at::Tensor dhd = L.recurrent_mask ? at::empty({N, H}, x.options()) : at::Tensor();
   // layer_norm, input side: the raw products' gradients, and dy * xhat for the gains
-  at::Tensor dux = L.layer_norm ? at::empty({2, max_rows, sx}, x.options()) : at::Tensor();
+  at::Tensor dux = L.layer_norm ? pooled_empty({2, max_rows, sx}, x.options()) : at::Tensor();
   const T* wsp = ws.data_ptr<T>();
 
   // which dA columns feed which parameter rows
@@ -607,7 +607,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
   g_calls.fetch_add(1);
   TunedThreads threads(call_kind(0, save, x, L, S, spec, recurrent, candidate, zoneout, ln_ih));
   SingleThreadedBlas blas_guard;
-  at::Tensor out = at::empty({S.R, L.H}, x.options());
+  at::Tensor out = pooled_empty({S.R, L.H}, x.options());
   at::Tensor h = h0.clone();
   at::Tensor ws =
       save ? pooled_empty({S.R, L.ws_stride()}, x.options()) : at::empty({0}, x.options());
@@ -651,7 +651,7 @@ std::vector<at::Tensor> rnn_backward(
   auto grad_like = [&](bool need, const c10::optional<at::Tensor>& t) {
     return need && present(t) ? at::empty(t->sizes(), opts) : at::Tensor();
   };
-  at::Tensor dx = needs[0] ? at::empty({R, I}, opts) : at::Tensor();
+  at::Tensor dx = needs[0] ? pooled_empty({R, I}, opts) : at::Tensor();
   at::Tensor dw_ih = needs[2] ? at::empty(w_ih.sizes(), opts) : at::Tensor();
   at::Tensor dw_hh = grad_like(needs[3], w_hh);
   at::Tensor db_ih = grad_like(needs[4], b_ih);

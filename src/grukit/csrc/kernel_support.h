@@ -81,15 +81,20 @@ struct PhaseTimer {
 
 // --------------------------------------------------------------------------- block pool
 // The workspace saved for backward is large (R x W*H values: 65 MB for a batch of 256 x 50
-// steps x 256 units) and lives from one forward to its backward. Fresh memory from the OS
-// costs a page fault and a zeroing per 4 KB page, which took 15% of such a training step, so
-// workspaces come from a small pool of blocks this process has used before (new blocks ask
-// for transparent huge pages). A block goes back to the pool when its tensor is freed.
+// steps x 256 units) and lives from one forward to its backward; the kernels' outputs and
+// chunk buffers (input projections, pre-activation gradients) are a megabyte or more each
+// call. Fresh memory from the OS costs a page fault and a zeroing per 4 KB page: 15% of a
+// training step at S5 for the workspace alone, and at S2 (16 x 200 x 46) the buffers of one
+// layer-norm training step took about as long as its layer-norm arithmetic. So buffers of
+// kMinBytes or more come from a small pool of blocks this process has used before (new blocks
+// of 2 MB or more ask for transparent huge pages); a block goes back to the pool when its
+// tensor is freed, and the pool keeps at most kKeep free blocks and kKeepBytes in all.
 
 class BlockPool {
  public:
-  static constexpr size_t kMinBytes = size_t(1) << 20;  // smaller buffers: at::empty
-  static constexpr size_t kKeep = 4;                    // free blocks kept at most
+  static constexpr size_t kMinBytes = size_t(256) << 10;  // smaller buffers: at::empty
+  static constexpr size_t kKeep = 16;                      // free blocks kept at most
+  static constexpr size_t kKeepBytes = size_t(512) << 20;  // and free bytes kept at most
 
   void* get(size_t bytes, size_t* capacity) {
     {
@@ -102,16 +107,18 @@ class BlockPool {
       if (best != free_.end()) {
         void* p = best->first;
         *capacity = best->second;
+        free_bytes_ -= best->second;
         free_.erase(best);
         return p;
       }
     }
-    constexpr size_t kHuge = size_t(2) << 20;
-    *capacity = (bytes + kHuge - 1) / kHuge * kHuge;
+    constexpr size_t kHuge = size_t(2) << 20, kPage = size_t(64) << 10;
+    const size_t unit = bytes >= kHuge ? kHuge : kPage;
+    *capacity = (bytes + unit - 1) / unit * unit;
     void* p = nullptr;
-    if (posix_memalign(&p, kHuge, *capacity) != 0) throw std::bad_alloc();
+    if (posix_memalign(&p, unit == kHuge ? kHuge : 64, *capacity) != 0) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
-    madvise(p, *capacity, MADV_HUGEPAGE);
+    if (unit == kHuge) madvise(p, *capacity, MADV_HUGEPAGE);
 #endif
     return p;
   }
@@ -119,8 +126,10 @@ class BlockPool {
   void put(void* p, size_t capacity) {
     std::lock_guard<std::mutex> lock(mu_);
     free_.emplace_back(p, capacity);
-    if (free_.size() > kKeep) {  // drop the oldest
+    free_bytes_ += capacity;
+    while (free_.size() > kKeep || free_bytes_ > kKeepBytes) {  // drop the oldest
       std::free(free_.front().first);
+      free_bytes_ -= free_.front().second;
       free_.erase(free_.begin());
     }
   }
@@ -128,6 +137,7 @@ class BlockPool {
  private:
   std::mutex mu_;
   std::vector<std::pair<void*, size_t>> free_;
+  size_t free_bytes_ = 0;
 };
 
 BlockPool& block_pool() {
@@ -135,7 +145,7 @@ BlockPool& block_pool() {
   return *pool;
 }
 
-// at::empty for large internal buffers, from the block pool.
+// at::empty for large buffers (the kernels' outputs and scratch), from the block pool.
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   const size_t bytes = size_t(c10::multiply_integers(sizes)) * opts.dtype().itemsize();
   if (bytes < BlockPool::kMinBytes) return at::empty(sizes, opts);
