@@ -285,7 +285,8 @@ def test_gradcheck_fused(name, bidir, packed):
 #   "split":    a step is big enough to split its GEMMs and element-wise passes (N*H > 8192);
 #   "blocks":   small steps, 32 or more rows: two fixed row blocks run the recurrence apart;
 #   "overlap":  small steps, fewer rows: backward computes a chunk's weight gradients on a
-#               second thread while the first runs the next chunk's recursion.
+#               second thread while the first runs the next chunk's recursion (and
+#               the chunk's dx products on whichever thread claims them first).
 THREADING_SHAPES = {
     "split": (64, 20, 40, 130),
     "blocks": (40, 30, 7, 48),

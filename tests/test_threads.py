@@ -115,6 +115,32 @@ def test_a_single_thread_has_nothing_to_choose(adaptive):
     assert info["calls_on_one_thread"] == info["calls_on_all_threads"] == 0, info
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_the_overlap_gives_the_same_bits_whichever_thread_runs_dx(adaptive, layer_norm):
+    """In the backward's overlap a chunk's dx products run on the recursion thread when it waits
+    for a buffer, else on the gradient thread: a wide input and a narrow state make the gradient
+    thread the slower one, so both happen over repeated calls, and every call equals the
+    one-thread result bit for bit."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    m = grukit.GRU(96, 16, backend="fused", layer_norm=layer_norm)
+    x = torch.randn(120, 2, 96, requires_grad=True)
+
+    def step() -> list[torch.Tensor]:
+        m.zero_grad()
+        x.grad = None
+        out, h = m(x)
+        (out * torch.linspace(-1, 1, 16)).sum().backward()
+        return [out.detach(), x.grad.clone(), *(p.grad.clone() for p in m.parameters())]
+
+    grukit.fused.set_thread_policy("one")
+    want = step()
+    grukit.fused.set_thread_policy("all")
+    for _ in range(15):
+        for a, b in zip(step(), want, strict=True):
+            assert torch.equal(a, b)
+
+
 BUSY_SCRIPT = textwrap.dedent(
     """
     import threading, time, torch, grukit, grukit.fused

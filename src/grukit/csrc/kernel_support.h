@@ -347,6 +347,8 @@ class Progress {
     }
     cv_.notify_all();
   }
+  // whether the value has reached `target` (no waiting)
+  bool reached(int64_t target) const { return value_.load(std::memory_order_acquire) >= target; }
   // true once the value reaches `target`; false if abort() was called first
   bool wait_for(int64_t target) {
     for (int i = 0; i < kSpins; ++i) {
