@@ -1008,7 +1008,7 @@ def test_masks_are_not_silently_ignored_by_baselines(variant):
 
 # the kernel's three ways of using threads, by shape (N, T, H_in, H; see tests/test_fused.py):
 # the path depends on N and H (split: N*H > 8192; blocks: 32 or more rows), so T is shorter here
-# (overlap needs two chunks, and a serial backward makes up to sixteen when the rows allow)
+# (overlap needs two chunks, and a serial backward makes at least sixteen when the steps allow)
 THREADING_SHAPES = {
     "split": (64, 6, 40, 130),
     "blocks": (40, 8, 7, 48),

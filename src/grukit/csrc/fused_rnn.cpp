@@ -304,7 +304,6 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
   const bool serial = steps_are_serial(L, N);
   // chunks of at most ~1 MB of dA; when the recursion is serial, at least 16 chunks (if the
   // sequence has the steps), so the gradient work overlaps it with a short fill and drain
-  // (S2 training step 0.94-0.95x of 4 chunks, AMD EPYC, 2 threads)
   constexpr int64_t kMinChunks = 16;
   int64_t chunk_rows = rows_for<T>(sa, int64_t(1) << 20);
   if (serial)
@@ -427,7 +426,8 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
     for_row_blocks(blocks, [&](int64_t lo, int64_t hi) { recurse_rows(c, dAc, lo, hi); });
   };
 
-  // buffer b's du (its dy * xhat follow at + max_rows * sx)
+  // dA buffer b, and its du (whose dy * xhat follow at + max_rows * sx)
+  auto dA_buffer = [&](int64_t b) -> T* { return dA.data_ptr<T>() + b * max_rows * sa; };
   auto du_buffer = [&](int64_t b) -> T* {
     return L.layer_norm ? dux.data_ptr<T>() + b * 2 * max_rows * sx : nullptr;
   };
@@ -500,7 +500,7 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
   };
 
   if (!overlap) {
-    T* dAc = dA.data_ptr<T>();
+    T* dAc = dA_buffer(0);
     T* du = du_buffer(0);
     for (int64_t ci = 0; ci < nchunks; ++ci) {
       const Chunk& c = chunk_at(ci);
@@ -525,7 +525,7 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
   auto dx_if_unclaimed = [&](int64_t ci) {
     if (ci < 0 || ci >= dx_ready.load(std::memory_order_acquire)) return;
     if (dx_claimed[ci].exchange(true)) return;
-    chunk_dx(chunk_at(ci), dA.data_ptr<T>() + (ci % 2) * max_rows * sa, du_buffer(ci % 2));
+    chunk_dx(chunk_at(ci), dA_buffer(ci % 2), du_buffer(ci % 2));
   };
   std::atomic<bool> failed{false};
   std::exception_ptr error;
@@ -535,7 +535,7 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
     const int role = omp_get_thread_num();
     try {
       for (int64_t ci = 0; ci < nchunks && !failed.load(); ++ci) {
-        T* buffer = dA.data_ptr<T>() + (ci % 2) * max_rows * sa;
+        T* buffer = dA_buffer(ci % 2);
         T* du = du_buffer(ci % 2);
         if (role == 0) {
           // buffer ci % 2 held chunk ci - 2; only its dx and chunk ci - 1's can be pending
