@@ -207,6 +207,31 @@ def test_fused_non_contiguous_inputs():
 
 
 @needs_fused
+@pytest.mark.parametrize("kind", ["broadcast", "transposed"])
+@pytest.mark.parametrize("D", [1, 2])
+def test_fused_takes_upstream_gradients_of_any_strides(kind, D):
+    """The kernel's backward copies the incoming gradients itself: a loss's broadcast scalar
+    (stride 0, what out.sum() sends) or a transposed tensor give the reference's gradients."""
+    fused, ref = pair("gru", 4, 5, 1, bidir=D == 2)
+    x, h0 = inputs(6, 3, 4, 5, 1, D, torch.float64)
+    if kind == "broadcast":
+        g_out = torch.tensor(0.7, dtype=torch.float64).expand(6, 3, 5 * D)
+        g_hn = torch.tensor(-1.3, dtype=torch.float64).expand(D, 3, 5)
+    else:
+        g_out = torch.randn(5 * D, 3, 6, dtype=torch.float64).permute(2, 1, 0)
+        g_hn = torch.randn(5, 3, D, dtype=torch.float64).permute(2, 1, 0)
+    assert not g_out.is_contiguous() and not g_hn.is_contiguous()
+    grads = []
+    for module in (fused, ref):
+        xi = x.clone().requires_grad_()
+        out, hn = module(xi, h0)
+        wrt = [xi, *module.parameters()]
+        grads.append(torch.autograd.grad((out, hn), wrt, (g_out, g_hn)))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@needs_fused
 @pytest.mark.parametrize("backend", ["fused", "auto"])
 def test_double_backward_is_right_or_loud(backend):
     """A gradient penalty (create_graph=True, then backward through the gradient), which

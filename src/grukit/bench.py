@@ -20,7 +20,8 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -75,19 +76,41 @@ FUSED_WARMUP = 8
 CONTEND_WARMUP = 24
 
 
-def _module_candidate(name: str, module: nn.Module, x: torch.Tensor, **call: object) -> Candidate:
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's thread count set to ``n`` (None: left as it is) while the block runs."""
+    if n is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _module_candidate(
+    name: str, module: nn.Module, x: torch.Tensor, module_threads: int | None = None, **call: object
+) -> Candidate:
+    """``module`` on ``x``: forward without grad, and a training step (the loss ``out.sum()``
+    and its backward). ``module_threads``: torch's thread count for the module's own calls
+    (forward and backward) only, the loss keeping the process's."""
     params = list(module.parameters())
     fused_module = getattr(module, "backend", None) in ("fused", "auto")
 
     def forward() -> object:
-        with torch.no_grad():
+        with torch.no_grad(), _torch_threads(module_threads):
             return module(x, **call)
 
     def train() -> object:
         for p in params:
             p.grad = None
-        out, _ = module(x, **call)
-        out.sum().backward()
+        with _torch_threads(module_threads):
+            out, _ = module(x, **call)
+        loss = out.sum()
+        with _torch_threads(module_threads):
+            loss.backward()
         return out
 
     return Candidate(name, forward, train, warmup=FUSED_WARMUP if fused_module else 1)
@@ -400,20 +423,22 @@ def format_options_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-#: What ``--contend`` times: the fused ``gru`` (at the thread count the process has and at one
-#: thread, the speed it must never fall below) beside torch.nn.LSTM.
-CONTEND_NAMES = ("fused gru", "fused gru, 1 thread", "torch.nn.LSTM")
+#: What ``--contend`` times: the fused ``gru`` (at the thread count the process has; with the
+#: whole step at one thread; with only the kernel calls at one thread, the loss keeping torch's
+#: threads: the speed the kernels must not fall below) beside torch.nn.LSTM.
+CONTEND_NAMES = (
+    "fused gru",
+    "fused gru, 1 thread",
+    "fused gru, kernel on 1 thread",
+    "torch.nn.LSTM",
+)
 
 
 def _one_thread(c: Candidate) -> Candidate:
     def pinned(fn: Callable[[], object]) -> Callable[[], object]:
         def call() -> object:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
+            with _torch_threads(1):
                 return fn()
-            finally:
-                torch.set_num_threads(threads)
 
         return call
 
@@ -503,10 +528,12 @@ def run_contention_benchmark(
         torch.manual_seed(seed)
         g = torch.Generator().manual_seed(seed)
         x = torch.rand(shape.steps, shape.batch, shape.input, generator=g) - 0.5
-        fused_gru = _module_candidate("fused gru", grukit.GRU(shape.input, shape.hidden), x)
+        gru = grukit.GRU(shape.input, shape.hidden)
+        fused_gru = _module_candidate("fused gru", gru, x)
+        kernel_one = _module_candidate("fused gru, kernel on 1 thread", gru, x, module_threads=1)
         lstm = _module_candidate("torch.nn.LSTM", nn.LSTM(shape.input, shape.hidden), x)
 
-        cands = [fused_gru, _one_thread(fused_gru), lstm]
+        cands = [fused_gru, _one_thread(fused_gru), kernel_one, lstm]
         quiet = _loaded_medians(cands, rounds, budget_s, None)
         entry: dict = {"shape": vars(shape), "quiet_s": quiet, "loaded_s": {}}
         for label, (n, hook) in loads.items():

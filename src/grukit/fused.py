@@ -318,8 +318,9 @@ class _FusedLayer(torch.autograd.Function):
             # (whose vmap has no rule for the kernel): the differentiable reference backward
             grads = _reference_backward(ctx, grad_out, grad_hn, needs)
         else:
+            # the kernel makes the gradients contiguous itself, on the threads it runs on
             grads = torch.ops.grukit.rnn_backward(
-                grad_out.contiguous(), grad_hn.contiguous(), x, h0, w_ih, w_hh, b_ih, b_hh, ws,
+                grad_out, grad_hn, x, h0, w_ih, w_hh, b_ih, b_hh, ws,
                 batch_sizes, _kernel_spec(ctx.variant), ctx.reverse, needs, *ctx.masks, ln_ih,
                 ln_hh,
             )  # fmt: skip

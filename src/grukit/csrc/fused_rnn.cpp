@@ -691,14 +691,20 @@ std::vector<at::Tensor> rnn_backward(
   check_inputs(x, h0, w_ih, w_hh, b_ih, b_hh, L, S, recurrent, candidate, zoneout, ln_ih, ln_hh);
   TORCH_CHECK(needs.size() == 8, "grukit: needs must have 8 entries");
   TORCH_CHECK(ws.numel() == S.R * L.ws_stride(), "grukit: the workspace does not match this call");
-  TORCH_CHECK(grad_out.is_contiguous() && grad_out.sizes() == at::IntArrayRef({S.R, L.H}) &&
-                  grad_hn.is_contiguous() && grad_hn.sizes() == at::IntArrayRef({S.N, L.H}),
-              "grukit: gradient shapes do not match");
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({S.R, L.H}) &&
+                  grad_hn.sizes() == at::IntArrayRef({S.N, L.H}) &&
+                  grad_out.scalar_type() == x.scalar_type() &&
+                  grad_hn.scalar_type() == x.scalar_type(),
+              "grukit: gradient shapes or dtypes do not match");
   TunedThreads threads(call_kind(1, true, x, L, S, spec, recurrent, candidate, zoneout, ln_ih));
   SingleThreadedBlas blas_guard;
+  // any strides (a loss's gradient is often a broadcast scalar): copied here, on the thread
+  // count the tuner chose, not by torch's pool, which beside a busy process waits for a
+  // descheduled worker (milliseconds at the benchmark's shapes)
+  const at::Tensor dout = grad_out.contiguous();
   const int64_t I = x.size(1), R = S.R;
   auto opts = x.options();
-  at::Tensor dh = grad_hn.clone();
+  at::Tensor dh = grad_hn.clone(at::MemoryFormat::Contiguous);
   auto grad_like = [&](bool need, const c10::optional<at::Tensor>& t) {
     return need && present(t) ? at::empty(t->sizes(), opts) : at::Tensor();
   };
@@ -712,7 +718,7 @@ std::vector<at::Tensor> rnn_backward(
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_rnn_backward", [&] {
     const auto E = make_extras<scalar_t>(L.H, recurrent, candidate, zoneout, ln_ih, ln_hh);
     with_family(L, [&](auto cell) {
-      backward_impl<scalar_t, decltype(cell)>(L, S, reverse, x, w_ih, w_hh, ws, grad_out, E, dh,
+      backward_impl<scalar_t, decltype(cell)>(L, S, reverse, x, w_ih, w_hh, ws, dout, E, dh,
                                               dx, dw_ih, dw_hh, db_ih, db_hh, dln_ih, dln_hh);
     });
   });
