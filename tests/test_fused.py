@@ -311,11 +311,14 @@ def test_gradcheck_fused(name, bidir, packed):
 #   "blocks":   small steps, 32 or more rows: two fixed row blocks run the recurrence apart;
 #   "overlap":  small steps, fewer rows: backward computes a chunk's weight gradients on a
 #               second thread while the first runs the next chunk's recursion (and
-#               the chunk's dx products on whichever thread claims them first).
+#               the chunk's dx products on whichever thread claims them first);
+#   "row":      batch 1 with a large hidden size: a step's product of the one row with a weight
+#               splits its outputs between the threads (each output one dot product).
 THREADING_SHAPES = {
     "split": (64, 20, 40, 130),
     "blocks": (40, 30, 7, 48),
     "overlap": (12, 60, 9, 40),
+    "row": (1, 4, 9, 520),
 }
 
 

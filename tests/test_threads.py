@@ -141,6 +141,40 @@ def test_the_overlap_gives_the_same_bits_whichever_thread_runs_dx(adaptive, laye
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_small_steps_take_the_overlap_on_two_threads_only(adaptive, layer_norm):
+    """Steps too small to split (few rows, narrow state) run the two-thread overlap in both
+    directions of the pass, and give the one-thread bits; on one thread they do not."""
+    torch.manual_seed(1)
+    m = grukit.GRU(24, 16, backend="fused", layer_norm=layer_norm)
+    x = torch.randn(90, 3, 24, requires_grad=True)
+
+    def step() -> tuple[list[torch.Tensor], dict[str, int]]:
+        before = grukit.fused.info()["overlapped_calls"]
+        m.zero_grad()
+        x.grad = None
+        out, h = m(x)
+        (out * torch.linspace(-1, 1, 16)).sum().backward()
+        after = grukit.fused.info()["overlapped_calls"]
+        grads = [out.detach(), h.detach(), x.grad.clone()]
+        ran = {k: after[k] - before[k] for k in after}
+        return grads + [p.grad.clone() for p in m.parameters()], ran
+
+    torch.set_num_threads(1)
+    want, ran = step()
+    assert ran == {"forward": 0, "backward": 0}
+    torch.set_num_threads(2)
+    grukit.fused.set_thread_policy("all")
+    got, ran = step()
+    assert ran == {"forward": 1, "backward": 1}
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    with torch.no_grad():  # inference too
+        before = grukit.fused.info()["overlapped_calls"]["forward"]
+        assert torch.equal(m(x)[0], want[0])
+        assert grukit.fused.info()["overlapped_calls"]["forward"] == before + 1
+
+
 BUSY_SCRIPT = textwrap.dedent(
     """
     import threading, time, torch, grukit, grukit.fused

@@ -510,7 +510,10 @@ def info() -> dict[str, Any]:
     (``gemm_calls``; ``brgemm_transposed_calls``: how many of brgemm's were weight gradients,
     ``A^T B`` with a narrow B, computed as ``(B^T A)^T``), the thread policy and, under the
     adaptive policy, how many calls ran on one thread and on all since the policy was last set,
-    and per kind of call (op and shape) the mean times it has learnt for both."""
+    ``overlapped_calls``: forward and backward calls since the kernels loaded that ran the
+    two-thread overlap (small steps: one thread runs the recurrence while the other projects
+    the next chunk's input, or forms the finished chunks' gradients), and per kind of call (op
+    and shape) the mean times it has learnt for both."""
     _require()
     one, every = torch.ops.grukit.thread_choices()
     learnt = torch.ops.grukit.thread_kinds()
@@ -529,6 +532,9 @@ def info() -> dict[str, Any]:
         "thread_policy": THREAD_POLICIES[int(torch.ops.grukit.thread_policy())],
         "calls_on_one_thread": int(one),
         "calls_on_all_threads": int(every),
+        "overlapped_calls": dict(
+            zip(("forward", "backward"), map(int, torch.ops.grukit.overlapped_calls()), strict=True)
+        ),
         "kinds": kinds,
     }
 

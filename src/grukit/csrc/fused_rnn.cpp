@@ -83,12 +83,24 @@ int64_t rows_for(int64_t row_width, int64_t bytes) {
   return std::max<int64_t>(1, bytes / (row_width * int64_t(sizeof(T))));
 }
 
+// The same, and with `pipelined` at least kMinChunks chunks (if the sequence has the steps),
+// so that a second thread's share of the work overlaps the recurrence with a short fill and
+// drain. Callers decide `pipelined` from the shape only, like every split.
+constexpr int64_t kMinChunks = 16;
+template <typename T>
+int64_t chunk_rows(const Steps& S, bool pipelined, int64_t row_width, int64_t bytes) {
+  const int64_t rows = rows_for<T>(row_width, bytes);
+  return pipelined ? std::min(rows, std::max<int64_t>(S.N, (S.R + kMinChunks - 1) / kMinChunks))
+                   : rows;
+}
+
 template <typename T>
 const T* ptr_or_null(const c10::optional<at::Tensor>& t) {
   return (t.has_value() && t->defined() && t->numel() > 0) ? t->data_ptr<T>() : nullptr;
 }
 
 std::atomic<int64_t> g_calls{0};
+std::atomic<int64_t> g_overlapped[2];  // forward and backward calls that took the overlap path
 
 // True when a step's GEMMs and element-wise pass are too small to be split across threads
 // (the thresholds of gemm() and for_rows()), so one thread runs the whole recurrence.
@@ -144,10 +156,21 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
   const int64_t sx = L.Gx * H, s1 = L.K1 * H, sw = L.ws_stride();
   auto opts = x.options();
   // the input projection runs a chunk of steps at a time, so the chunk stays in cache
-  const auto chunks = make_chunks(S, rows_for<T>(sx, int64_t(1) << 19));
+  // one thread runs the steps (too small to split, too few rows for two row blocks): a second
+  // one can project the next chunk's input meanwhile
+  const auto blocks = row_blocks(L, N);
+  const bool pipelined = steps_are_serial(L, N) && blocks.size() == 1;
+  const auto chunks = make_chunks(S, chunk_rows<T>(S, pipelined, sx, int64_t(1) << 19));
+  const int64_t nchunks = int64_t(chunks.size());
   int64_t max_rows = 0;
   for (const auto& c : chunks) max_rows = std::max(max_rows, c.r1 - c.r0);
-  at::Tensor gx = pooled_empty({max_rows, sx}, opts);
+#ifdef _OPENMP
+  const bool overlap = pipelined && nchunks >= 2 && at::get_num_threads() >= 2;
+#else
+  const bool overlap = false;
+#endif
+  // with the overlap, two buffers: chunk ci projects into buffer ci % 2
+  at::Tensor gx = pooled_empty({overlap ? 2 : 1, max_rows, sx}, opts);
   const WeightT<T> whh_t = w_hh.has_value() && w_hh->defined() ? WeightT<T>(*w_hh) : WeightT<T>();
   const WeightT<T> wih_t(w_ih);
   const T* bih = ptr_or_null<T>(b_ih);
@@ -171,8 +194,8 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
     return kSave ? wsp + row * sw + L.W * H + k : nullptr;
   };
 
-  // the steps of chunk c for batch rows [lo, hi)
-  auto run_steps = [&](const Chunk& c, int64_t lo, int64_t hi) {
+  // the steps of chunk c for batch rows [lo, hi), reading the chunk's projection gxc
+  auto run_steps = [&](const Chunk& c, const T* gxc, int64_t lo, int64_t hi) {
     T* hrow = hp + lo * H;
     for (int64_t i = 0; i < c.t1 - c.t0; ++i) {
       const int64_t t = reverse ? c.t1 - 1 - i : c.t0 + i;
@@ -206,7 +229,7 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
       }
       auto row = [&](int64_t b) {
         FwdRow<T> q{};
-        q.gx = gx.data_ptr<T>() + (off - c.r0 + b) * sx;
+        q.gx = gxc + (off - c.r0 + b) * sx;
         q.bih = bih;
         q.bhh = bhh;
         q.g1 = g1p ? g1p + (lo + b) * s1 : nullptr;
@@ -251,21 +274,60 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
       std::copy(hrow, hrow + n * H, outp + off * H);
     }
   };
-  const auto blocks = row_blocks(L, N);
-  const int64_t nchunks = int64_t(chunks.size());
-  for (int64_t ci = 0; ci < nchunks; ++ci) {
-    const Chunk& c = chunks[reverse ? nchunks - 1 - ci : ci];
-    {  // gx = x W_ih^T for the chunk's rows, then (layer_norm) normalised block by block
-      PhaseTimer timer(kInputGemm);
-      wih_t.gemm_rows(c.r1 - c.r0, 0, sx, x.data_ptr<T>() + c.r0 * I, I, gx.data_ptr<T>(), sx);
-      if (L.layer_norm)
-        for_rows(c.r1 - c.r0, sx, [&](int64_t r0, int64_t r1) {
-          layer_norm_rows<T>(gx.data_ptr<T>(), sx, L.Gx, H, E.ln_ih, xhat_at(c.r0, L.ws_xhat_x),
-                             rstd_at(c.r0, 0), sw, r0, r1);
-        });
+  auto chunk_at = [&](int64_t ci) -> const Chunk& { return chunks[reverse ? nchunks - 1 - ci : ci]; };
+  auto gx_buffer = [&](int64_t b) { return gx.data_ptr<T>() + b * max_rows * sx; };
+  // gx = x W_ih^T for the chunk's rows, then (layer_norm) normalised block by block
+  auto project = [&](const Chunk& c, T* gxc) {
+    PhaseTimer timer(kInputGemm);
+    wih_t.gemm_rows(c.r1 - c.r0, 0, sx, x.data_ptr<T>() + c.r0 * I, I, gxc, sx);
+    if (L.layer_norm)
+      for_rows(c.r1 - c.r0, sx, [&](int64_t r0, int64_t r1) {
+        layer_norm_rows<T>(gxc, sx, L.Gx, H, E.ln_ih, xhat_at(c.r0, L.ws_xhat_x), rstd_at(c.r0, 0),
+                           sw, r0, r1);
+      });
+  };
+  if (!overlap) {
+    for (int64_t ci = 0; ci < nchunks; ++ci) {
+      const Chunk& c = chunk_at(ci);
+      project(c, gx_buffer(0));
+      for_row_blocks(blocks, [&](int64_t lo, int64_t hi) { run_steps(c, gx_buffer(0), lo, hi); });
     }
-    for_row_blocks(blocks, [&](int64_t lo, int64_t hi) { run_steps(c, lo, hi); });
+    return;
   }
+#ifdef _OPENMP
+  // Thread 0: the recurrence; thread 1: the next chunk's input projection, into the other
+  // buffer (which chunk ci - 1 read: thread 1 waits until thread 0 is done with it). Each
+  // projection runs on one thread with the same blocks as on all, so the bits do not change.
+  g_overlapped[0].fetch_add(1, std::memory_order_relaxed);
+  Progress projected, stepped;
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+#pragma omp parallel num_threads(2)
+  {
+    SingleThreadedBlas blas_guard;
+    const int role = omp_get_thread_num();
+    try {
+      for (int64_t ci = 0; ci < nchunks && !failed.load(); ++ci) {
+        if (role == 1) {
+          if (!stepped.wait_for(ci - 1)) break;
+          project(chunk_at(ci), gx_buffer(ci % 2));
+          projected.publish(ci + 1);
+        } else {
+          if (!projected.wait_for(ci + 1)) break;
+          run_steps(chunk_at(ci), gx_buffer(ci % 2), 0, N);
+          stepped.publish(ci + 1);
+        }
+      }
+    } catch (...) {
+#pragma omp critical
+      if (!error) error = std::current_exception();
+      failed.store(true);
+      projected.abort();
+      stepped.abort();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+#endif
 }
 
 // ---------------------------------------------------------------------------- backward
@@ -302,13 +364,8 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
   const int64_t sa = L.da_width * H;
   const T* whh = ptr_or_null<T>(w_hh);
   const bool serial = steps_are_serial(L, N);
-  // chunks of at most ~1 MB of dA; when the recursion is serial, at least 16 chunks (if the
-  // sequence has the steps), so the gradient work overlaps it with a short fill and drain
-  constexpr int64_t kMinChunks = 16;
-  int64_t chunk_rows = rows_for<T>(sa, int64_t(1) << 20);
-  if (serial)
-    chunk_rows = std::min(chunk_rows, std::max<int64_t>(N, (S.R + kMinChunks - 1) / kMinChunks));
-  const auto chunks = make_chunks(S, chunk_rows);
+  // chunks of at most ~1 MB of dA (with serial steps, at least kMinChunks)
+  const auto chunks = make_chunks(S, chunk_rows<T>(S, serial, sa, int64_t(1) << 20));
   const int64_t nchunks = int64_t(chunks.size());
   int64_t max_rows = 0;
   for (const auto& c : chunks) max_rows = std::max(max_rows, c.r1 - c.r0);
@@ -518,6 +575,7 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
   // parameter gradients, or thread 0 while it waits for a buffer (when the gradient thread is
   // the slower one). Every product runs on one thread either way, so the results do not depend
   // on which thread ran it.
+  g_overlapped[1].fetch_add(1, std::memory_order_relaxed);
   Progress recursed, consumed;
   std::atomic<int64_t> dx_ready{0};  // chunks whose dA (and du) are final
   std::unique_ptr<std::atomic<bool>[]> dx_claimed(new std::atomic<bool>[nchunks]);
@@ -763,6 +821,7 @@ void gemm_floor(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih
 }
 
 int64_t call_count() { return g_calls.load(); }
+std::vector<int64_t> overlapped_calls() { return {g_overlapped[0].load(), g_overlapped[1].load()}; }
 
 // Columns per packed row of the workspace rnn_forward saves for a layer of H units (what a
 // fake tensor of it needs: torch.compile traces the ops without running them).
@@ -851,6 +910,7 @@ TORCH_LIBRARY(grukit, m) {
   m.def("set_thread_policy", &grukit::set_thread_policy);
   m.def("thread_policy", &grukit::thread_policy);
   m.def("thread_choices", &grukit::thread_choices);
+  m.def("overlapped_calls", &grukit::overlapped_calls);
   m.def("thread_kinds", &grukit::thread_kinds);
   m.def("thread_tuner_trace", &grukit::thread_tuner_trace);
 }

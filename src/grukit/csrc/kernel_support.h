@@ -622,14 +622,33 @@ struct SingleThreadedBlas {
 // The same product, split into at most 8 blocks of rows or columns of C, chosen from the shape
 // only, run in parallel. Blocks stay at least 64 wide and 1M multiply-adds big, so each BLAS
 // call stays efficient and a split pays for its synchronisation and cache traffic.
+// One row times a row-major B^T (a streaming step's product with a weight) is the exception:
+// gemv_row computes every c[n] as its own dot product, the same way in whichever block it
+// falls, so that split follows the thread count (one block per thread, each at least
+// kRowWork multiply-adds: it streams B from cache or memory, one load per multiply-add).
 template <typename T>
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
           int64_t ldb, T beta, T* C, int64_t ldc) {
-  constexpr int64_t kBlockWork = int64_t(1) << 20;
+  constexpr int64_t kBlockWork = int64_t(1) << 20, kRowWork = int64_t(1) << 18;
   constexpr int64_t kMaxBlocks = 8, kMinSide = 64;
   const bool split_rows = M >= N;
   const int64_t side = split_rows ? M : N;
   const int64_t work = M * N * K;
+  if (M == 1 && tb) {
+    const int64_t parts =
+        at::in_parallel_region() ? 1 : std::min<int64_t>({at::get_num_threads(), work / kRowWork, N / kMinSide});
+    if (parts > 1) {
+      const int64_t block = ((N + parts - 1) / parts + 3) / 4 * 4;
+      at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t n0 = p * block, n1 = std::min(N, n0 + block);
+          if (n0 < n1)
+            gemm_serial(ta, tb, 1, n1 - n0, K, A, lda, B + n0 * ldb, ldb, beta, C + n0, ldc);
+        }
+      });
+      return;
+    }
+  }
   int64_t nblocks = std::min<int64_t>({kMaxBlocks, work / kBlockWork, side / kMinSide});
   if (nblocks <= 1) {
     gemm_serial(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
