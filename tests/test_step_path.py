@@ -150,3 +150,31 @@ def test_batch_of_one_rows_equal_the_reference(variant):
         for a, b in zip(*results, strict=True):
             torch.testing.assert_close(b, a, atol=1e-10, rtol=1e-10)
     assert fused.last_backend == "fused"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_wide_float32_step_at_batch_one_equals_torch_grucell(threads, restore_threads):
+    """At batch 1 in float32 the weights are not transposed for brgemm (every product is one
+    row, the matrix-vector loop) and a wide product splits its outputs between the threads:
+    the step equals torch.nn.GRUCell to float32 precision, on 1 and 2 threads alike."""
+    torch.set_num_threads(threads)
+    grukit.fused.set_thread_policy("all")
+    torch.manual_seed(2)
+    cell = grukit.GRUCell(88, 520)
+    ref = torch.nn.GRUCell(88, 520)
+    ref.load_state_dict(cell.state_dict())
+    x, h = torch.randn(4, 1, 88), torch.randn(1, 520)
+    with torch.no_grad():
+        hc, hr = h, h
+        for t in range(4):
+            hc, hr = cell(x[t], hc), ref(x[t], hr)
+            torch.testing.assert_close(hc, hr, atol=1e-5, rtol=1e-5)
+    assert cell.__dict__.get("_step_plan") is not None
+
+
+def test_rnn_step_says_what_shapes_it_takes():
+    cell = grukit.GRUCell(3, 4)
+    w = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    spec = grukit.fused.kernel_spec(grukit.variants.VARIANTS["gru"])
+    with pytest.raises(RuntimeError, match=r"x \(N, I\) and h \(N, H\)"):
+        torch.ops.grukit.rnn_step(torch.randn(2, 3), torch.randn(3, 4), *w, spec)

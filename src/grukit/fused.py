@@ -121,8 +121,8 @@ def _build() -> None:
 def _register_fakes() -> None:
     """Shape-only versions of the kernels, so that torch.compile and torch.export trace a
     layer without running it: ``rnn_forward`` -> ``out (R, H)``, ``h_n (N, H)``, the workspace
-    ``(R, width)`` (``(0,)`` when not saved); ``rnn_backward`` -> a gradient shaped as each
-    input it was asked for, ``(0,)`` for the others."""
+    ``(R, width)`` (``(0,)`` when not saved); ``rnn_step`` -> ``h' (N, H)``; ``rnn_backward``
+    -> a gradient shaped as each input it was asked for, ``(0,)`` for the others."""
 
     @torch.library.register_fake("grukit::rnn_forward")
     def _(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, spec, reverse, save, recurrent=None,
@@ -132,6 +132,10 @@ def _register_fakes() -> None:
                                                      ln_ih is not None))  # fmt: skip
         ws = x.new_empty((R, width)) if save else x.new_empty((0,))
         return x.new_empty((R, H)), h0.new_empty(h0.shape), ws
+
+    @torch.library.register_fake("grukit::rnn_step")
+    def _(x, h, w_ih, w_hh, b_ih, b_hh, spec):  # fmt: skip
+        return h.new_empty(h.shape)
 
     @torch.library.register_fake("grukit::rnn_backward")
     def _(grad_out, grad_hn, x, h0, w_ih, w_hh, b_ih, b_hh, ws, batch_sizes, spec, reverse,
@@ -434,11 +438,9 @@ class StepPlan:
             return None
         if x.device.type != "cpu" or h.device.type != "cpu" or x.requires_grad:
             return None
-        out, _, _ = torch.ops.grukit.rnn_forward(
-            x.contiguous(), h.contiguous(), mine[0], mine[1], mine[2], mine[3],
-            _batch_sizes_tensor((n,)), self.spec, False, False, None, None, None, None, None,
-        )  # fmt: skip
-        return out
+        return torch.ops.grukit.rnn_step(
+            x.contiguous(), h.contiguous(), mine[0], mine[1], mine[2], mine[3], self.spec
+        )
 
 
 def profile(fn: Any) -> dict[str, float]:

@@ -171,8 +171,9 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
 #endif
   // with the overlap, two buffers: chunk ci projects into buffer ci % 2
   at::Tensor gx = pooled_empty({overlap ? 2 : 1, max_rows, sx}, opts);
-  const WeightT<T> whh_t = w_hh.has_value() && w_hh->defined() ? WeightT<T>(*w_hh) : WeightT<T>();
-  const WeightT<T> wih_t(w_ih);
+  const WeightT<T> whh_t =
+      w_hh.has_value() && w_hh->defined() ? WeightT<T>(*w_hh, N) : WeightT<T>();
+  const WeightT<T> wih_t(w_ih, max_rows);
   const T* bih = ptr_or_null<T>(b_ih);
   const T* bhh = ptr_or_null<T>(b_hh);
   at::Tensor g1 = L.K1 > 0 ? at::empty({N, s1}, opts) : at::Tensor();
@@ -734,6 +735,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
   return {out, h, ws};
 }
 
+// One step of a batch of rows in inference, x (N, I) and h (N, H) -> h' (N, H), without options
+// or workspace: rnn_forward's result for a sequence of one step, with fewer arguments and no
+// batch_sizes tensor, so that a streaming caller (GRUCell, GRU.step) pays less per call.
+at::Tensor rnn_step(const at::Tensor& x, const at::Tensor& h, const at::Tensor& w_ih,
+                    const c10::optional<at::Tensor>& w_hh, const c10::optional<at::Tensor>& b_ih,
+                    const c10::optional<at::Tensor>& b_hh, at::IntArrayRef spec) {
+  TORCH_CHECK(x.dim() == 2 && h.dim() == 2 && x.size(0) == h.size(0) && x.size(0) > 0,
+              "grukit: rnn_step takes x (N, I) and h (N, H) with N > 0, got ", x.sizes(), " and ",
+              h.sizes());
+  Steps S;
+  S.T = 1;
+  S.N = S.R = x.size(0);
+  S.n = {S.N};
+  S.off = {0};
+  const Layout L = make_layout(spec, h.size(1), false, false);
+  const c10::optional<at::Tensor> none;
+  check_inputs(x, h, w_ih, w_hh, b_ih, b_hh, L, S, none, none, none, none, none);
+  g_calls.fetch_add(1);
+  TunedThreads threads(call_kind(0, false, x, L, S, spec, none, none, none, none));
+  SingleThreadedBlas blas_guard;
+  at::Tensor out = at::empty({S.R, L.H}, x.options());
+  at::Tensor state = h.clone(at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_rnn_step", [&] {
+    const Extras<scalar_t> E{};
+    with_family(L, [&](auto cell) {
+      forward_impl<scalar_t, decltype(cell), false>(L, S, false, x, w_ih, w_hh, b_ih, b_hh, E, out,
+                                                    state, nullptr);
+    });
+  });
+  return state;
+}
+
 // Gradients of one layer-direction. needs = (x, h0, weight_ih, weight_hh, bias_ih, bias_hh,
 // layer_norm_ih, layer_norm_hh); outputs that are not needed (or absent) come back empty.
 std::vector<at::Tensor> rnn_backward(
@@ -891,6 +924,9 @@ TORCH_LIBRARY(grukit, m) {
       "Tensor? candidate=None, Tensor? zoneout=None, Tensor? ln_ih=None, Tensor? ln_hh=None) "
       "-> (Tensor, Tensor, Tensor)");
   m.def(
+      "rnn_step(Tensor x, Tensor h, Tensor w_ih, Tensor? w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "int[] spec) -> Tensor");
+  m.def(
       "rnn_backward(Tensor grad_out, Tensor grad_hn, Tensor x, Tensor h0, Tensor w_ih, "
       "Tensor? w_hh, Tensor? b_ih, Tensor? b_hh, Tensor ws, Tensor batch_sizes, int[] spec, "
       "bool reverse, int[] needs, Tensor? recurrent=None, Tensor? candidate=None, "
@@ -917,6 +953,7 @@ TORCH_LIBRARY(grukit, m) {
 
 TORCH_LIBRARY_IMPL(grukit, CPU, m) {
   m.impl("rnn_forward", &grukit::rnn_forward);
+  m.impl("rnn_step", &grukit::rnn_step);
   m.impl("rnn_backward", &grukit::rnn_backward);
   m.impl("gemm_floor", &grukit::gemm_floor);
 }

@@ -629,7 +629,7 @@ struct SingleThreadedBlas {
 template <typename T>
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
           int64_t ldb, T beta, T* C, int64_t ldc) {
-  constexpr int64_t kBlockWork = int64_t(1) << 20, kRowWork = int64_t(1) << 18;
+  constexpr int64_t kBlockWork = int64_t(1) << 20, kRowWork = int64_t(1) << 17;
   constexpr int64_t kMaxBlocks = 8, kMinSide = 64;
   const bool split_rows = M >= N;
   const int64_t side = split_rows ? M : N;
@@ -680,9 +680,12 @@ struct WeightT {
   int64_t R = 0, K = 0;
   at::Tensor wt;  // W^T (K, R), when a product of this weight goes to brgemm
   WeightT() = default;
-  explicit WeightT(const at::Tensor& W) : w(W.data_ptr<T>()), R(W.size(0)), K(W.size(1)) {
+  // max_rows: the most rows of A any product will have; with one row, all products take
+  // gemv_row and the copy is skipped (it cost more than a streaming step's arithmetic)
+  explicit WeightT(const at::Tensor& W, int64_t max_rows = 2)
+      : w(W.data_ptr<T>()), R(W.size(0)), K(W.size(1)) {
     if constexpr (std::is_same_v<T, float>)
-      if (brgemm_takes(R, K)) wt = W.t().contiguous();
+      if (max_rows > 1 && brgemm_takes(R, K)) wt = W.t().contiguous();
   }
   void gemm_rows(int64_t M, int64_t r0, int64_t n, const T* A, int64_t lda, T* C,
                  int64_t ldc) const {
