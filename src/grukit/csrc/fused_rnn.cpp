@@ -14,6 +14,9 @@
 //     each optionally row-normalised, and one or two vectorised passes of the family's lane math;
 //   * backward keeps one or two small GEMMs per step and forms the weight gradients with large
 //     GEMMs over chunks of steps, while the chunk's dA is still in cache;
+//   * steps too small to split between threads (few rows, a narrow state) run on one thread
+//     while the other works a chunk apart: the forward projects the next chunk's input, the
+//     backward forms the finished chunks' gradients (the "overlap", in both passes);
 //   * no tensor is allocated and nothing goes through the dispatcher inside the time loop;
 //   * masks come from Python (the kernel draws no random numbers); what only training needs
 //     (the workspace) is a compile-time flag of the forward loop.
@@ -24,8 +27,9 @@
 // its final state, in the reverse direction a sequence that has not started keeps its h0.
 //
 // Determinism: every parallel split (GEMM blocks, rows, columns) depends on the problem shape
-// only, never on the thread count, and every BLAS call runs single-threaded, so 1 and 2 threads
-// give bit-identical results.
+// only, never on the thread count (the one exception, a single row's product with a weight,
+// splits outputs that are each one dot product computed the same way in any block), and every
+// BLAS call runs single-threaded, so 1 and 2 threads give bit-identical results.
 
 #include "cells.h"
 
