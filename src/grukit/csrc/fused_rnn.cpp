@@ -306,32 +306,19 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
   g_overlapped[0].fetch_add(1, std::memory_order_relaxed);
   Progress projected, stepped;
   std::atomic<bool> failed{false};
-  std::exception_ptr error;
-#pragma omp parallel num_threads(2)
-  {
-    SingleThreadedBlas blas_guard;
-    const int role = omp_get_thread_num();
-    try {
-      for (int64_t ci = 0; ci < nchunks && !failed.load(); ++ci) {
-        if (role == 1) {
-          if (!stepped.wait_for(ci - 1)) break;
-          project(chunk_at(ci), gx_buffer(ci % 2));
-          projected.publish(ci + 1);
-        } else {
-          if (!projected.wait_for(ci + 1)) break;
-          run_steps(chunk_at(ci), gx_buffer(ci % 2), 0, N);
-          stepped.publish(ci + 1);
-        }
+  run_two_roles({&projected, &stepped}, failed, [&](int role) {
+    for (int64_t ci = 0; ci < nchunks && !failed.load(); ++ci) {
+      if (role == 1) {
+        if (!stepped.wait_for(ci - 1)) return;
+        project(chunk_at(ci), gx_buffer(ci % 2));
+        projected.publish(ci + 1);
+      } else {
+        if (!projected.wait_for(ci + 1)) return;
+        run_steps(chunk_at(ci), gx_buffer(ci % 2), 0, N);
+        stepped.publish(ci + 1);
       }
-    } catch (...) {
-#pragma omp critical
-      if (!error) error = std::current_exception();
-      failed.store(true);
-      projected.abort();
-      stepped.abort();
     }
-  }
-  if (error) std::rethrow_exception(error);
+  });
 #endif
 }
 
@@ -591,44 +578,31 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
     chunk_dx(chunk_at(ci), dA_buffer(ci % 2), du_buffer(ci % 2));
   };
   std::atomic<bool> failed{false};
-  std::exception_ptr error;
-#pragma omp parallel num_threads(2)
-  {
-    SingleThreadedBlas blas_guard;
-    const int role = omp_get_thread_num();
-    try {
-      for (int64_t ci = 0; ci < nchunks && !failed.load(); ++ci) {
-        T* buffer = dA_buffer(ci % 2);
-        T* du = du_buffer(ci % 2);
-        if (role == 0) {
-          // buffer ci % 2 held chunk ci - 2; only its dx and chunk ci - 1's can be pending
-          for (int64_t k = ci - 2; k < ci && !consumed.reached(ci - 1); ++k) dx_if_unclaimed(k);
-          if (!consumed.wait_for(ci - 1)) break;
-          recurse(chunk_at(ci), buffer);
-          if (!L.layer_norm) dx_ready.store(ci + 1, std::memory_order_release);
-          recursed.publish(ci + 1);
-        } else {
-          if (!recursed.wait_for(ci + 1)) break;
-          if (L.layer_norm) {
-            chunk_input_norm(chunk_at(ci), buffer, du);
-            dx_ready.store(ci + 1, std::memory_order_release);
-          }
-          chunk_params(chunk_at(ci), buffer, du, ci == 0);
-          dx_if_unclaimed(ci);
-          consumed.publish(ci + 1);
+  run_two_roles({&recursed, &consumed}, failed, [&](int role) {
+    for (int64_t ci = 0; ci < nchunks && !failed.load(); ++ci) {
+      T* buffer = dA_buffer(ci % 2);
+      T* du = du_buffer(ci % 2);
+      if (role == 0) {
+        // buffer ci % 2 held chunk ci - 2; only its dx and chunk ci - 1's can be pending
+        for (int64_t k = ci - 2; k < ci && !consumed.reached(ci - 1); ++k) dx_if_unclaimed(k);
+        if (!consumed.wait_for(ci - 1)) break;
+        recurse(chunk_at(ci), buffer);
+        if (!L.layer_norm) dx_ready.store(ci + 1, std::memory_order_release);
+        recursed.publish(ci + 1);
+      } else {
+        if (!recursed.wait_for(ci + 1)) break;
+        if (L.layer_norm) {
+          chunk_input_norm(chunk_at(ci), buffer, du);
+          dx_ready.store(ci + 1, std::memory_order_release);
         }
+        chunk_params(chunk_at(ci), buffer, du, ci == 0);
+        dx_if_unclaimed(ci);
+        consumed.publish(ci + 1);
       }
-      if (role == 0)  // the recursion is done: help with the last chunks' dx
-        for (int64_t k = nchunks - 2; k < nchunks && !failed.load(); ++k) dx_if_unclaimed(k);
-    } catch (...) {
-#pragma omp critical
-      if (!error) error = std::current_exception();
-      failed.store(true);
-      recursed.abort();
-      consumed.abort();
     }
-  }
-  if (error) std::rethrow_exception(error);
+    if (role == 0)  // the recursion is done: help with the last chunks' dx
+      for (int64_t k = nchunks - 2; k < nchunks && !failed.load(); ++k) dx_if_unclaimed(k);
+  });
 #endif
 }
 

@@ -619,6 +619,33 @@ struct SingleThreadedBlas {
   }
 };
 
+// Runs role(0) and role(1) on the two threads of one parallel region, each with BLAS
+// single-threaded (the overlaps of fused_rnn.cpp). The first exception sets `failed` and aborts
+// the given counters, so that a thread waiting on one returns, and is rethrown here.
+template <typename F>
+void run_two_roles(std::initializer_list<Progress*> counters, std::atomic<bool>& failed,
+                   const F& role) {
+#ifdef _OPENMP
+  std::exception_ptr error;
+#pragma omp parallel num_threads(2)
+  {
+    SingleThreadedBlas blas_guard;
+    try {
+      role(omp_get_thread_num());
+    } catch (...) {
+#pragma omp critical
+      if (!error) error = std::current_exception();
+      failed.store(true);
+      for (Progress* p : counters) p->abort();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+#else
+  (void)counters, (void)failed, (void)role;
+  TORCH_CHECK(false, "grukit: run_two_roles needs OpenMP");
+#endif
+}
+
 // The same product, split into at most 8 blocks of rows or columns of C, chosen from the shape
 // only, run in parallel. Blocks stay at least 64 wide and 1M multiply-adds big, so each BLAS
 // call stays efficient and a split pays for its synchronisation and cache traffic.
