@@ -87,14 +87,14 @@ int64_t rows_for(int64_t row_width, int64_t bytes) {
   return std::max<int64_t>(1, bytes / (row_width * int64_t(sizeof(T))));
 }
 
-// The same, and with `pipelined` at least kMinChunks chunks (if the sequence has the steps),
-// so that a second thread's share of the work overlaps the recurrence with a short fill and
-// drain. Callers decide `pipelined` from the shape only, like every split.
+// The same, and with `at_least_min` at least kMinChunks chunks (if the sequence has the
+// steps), so that a second thread's share of the work overlaps the recurrence with a short
+// fill and drain. Callers decide `at_least_min` from the shape only, like every split.
 constexpr int64_t kMinChunks = 16;
 template <typename T>
-int64_t chunk_rows(const Steps& S, bool pipelined, int64_t row_width, int64_t bytes) {
+int64_t chunk_rows(const Steps& S, bool at_least_min, int64_t row_width, int64_t bytes) {
   const int64_t rows = rows_for<T>(row_width, bytes);
-  return pipelined ? std::min(rows, std::max<int64_t>(S.N, (S.R + kMinChunks - 1) / kMinChunks))
+  return at_least_min ? std::min(rows, std::max<int64_t>(S.N, (S.R + kMinChunks - 1) / kMinChunks))
                    : rows;
 }
 
@@ -135,6 +135,22 @@ void for_row_blocks(const std::vector<std::pair<int64_t, int64_t>>& blocks, cons
   });
 }
 
+// Whether one thread runs the whole recurrence (steps too small to split, too few rows for two
+// row blocks), so that a second thread can work a chunk apart: the overlap of both passes.
+bool pipelined(const Layout& L, int64_t N) {
+  return steps_are_serial(L, N) && row_blocks(L, N).size() == 1;
+}
+
+// Whether this call runs the overlap: a pipelined shape, two chunks or more, two threads.
+bool overlap_on(bool pipelined_shape, int64_t nchunks) {
+#ifdef _OPENMP
+  return pipelined_shape && nchunks >= 2 && at::get_num_threads() >= 2;
+#else
+  (void)pipelined_shape, (void)nchunks;
+  return false;
+#endif
+}
+
 // The masks and gains of one call (null when the option is off).
 template <typename T>
 struct Extras {
@@ -160,19 +176,14 @@ void forward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tenso
   const int64_t sx = L.Gx * H, s1 = L.K1 * H, sw = L.ws_stride();
   auto opts = x.options();
   // the input projection runs a chunk of steps at a time, so the chunk stays in cache
-  // one thread runs the steps (too small to split, too few rows for two row blocks): a second
-  // one can project the next chunk's input meanwhile
+  // with one thread on the steps, a second one projects the next chunk's input meanwhile
   const auto blocks = row_blocks(L, N);
-  const bool pipelined = steps_are_serial(L, N) && blocks.size() == 1;
-  const auto chunks = make_chunks(S, chunk_rows<T>(S, pipelined, sx, int64_t(1) << 19));
+  const bool one_thread_steps = pipelined(L, N);
+  const auto chunks = make_chunks(S, chunk_rows<T>(S, one_thread_steps, sx, int64_t(1) << 19));
   const int64_t nchunks = int64_t(chunks.size());
   int64_t max_rows = 0;
   for (const auto& c : chunks) max_rows = std::max(max_rows, c.r1 - c.r0);
-#ifdef _OPENMP
-  const bool overlap = pipelined && nchunks >= 2 && at::get_num_threads() >= 2;
-#else
-  const bool overlap = false;
-#endif
+  const bool overlap = overlap_on(one_thread_steps, nchunks);
   // with the overlap, two buffers: chunk ci projects into buffer ci % 2
   at::Tensor gx = pooled_empty({overlap ? 2 : 1, max_rows, sx}, opts);
   const WeightT<T> whh_t =
@@ -355,18 +366,16 @@ void backward_impl(const Layout& L, const Steps& S, bool reverse, const at::Tens
   const int64_t H = L.H, N = S.N, I = x.size(1), sw = L.ws_stride(), sx = L.Gx * H;
   const int64_t sa = L.da_width * H;
   const T* whh = ptr_or_null<T>(w_hh);
-  const bool serial = steps_are_serial(L, N);
-  // chunks of at most ~1 MB of dA (with serial steps, at least kMinChunks)
-  const auto chunks = make_chunks(S, chunk_rows<T>(S, serial, sa, int64_t(1) << 20));
+  // chunks of at most ~1 MB of dA, and with serial steps at least kMinChunks: a short fill and
+  // drain for the overlap and, with two row blocks (S3), a chunk's gradients that stay in cache
+  // (the forward's rule, kMinChunks only where the overlap runs, made the S3 step much slower)
+  const auto chunks =
+      make_chunks(S, chunk_rows<T>(S, steps_are_serial(L, N), sa, int64_t(1) << 20));
   const int64_t nchunks = int64_t(chunks.size());
   int64_t max_rows = 0;
   for (const auto& c : chunks) max_rows = std::max(max_rows, c.r1 - c.r0);
   const auto blocks = row_blocks(L, N);
-#ifdef _OPENMP
-  const bool overlap = serial && blocks.size() == 1 && nchunks >= 2 && at::get_num_threads() >= 2;
-#else
-  const bool overlap = false;
-#endif
+  const bool overlap = overlap_on(pipelined(L, N), nchunks);
   at::Tensor dA = pooled_empty({overlap ? 2 : 1, max_rows, sa}, x.options());
   at::Tensor drh = L.before() ? at::empty({N, H}, x.options()) : at::Tensor();
   at::Tensor dhd = L.recurrent_mask ? at::empty({N, H}, x.options()) : at::Tensor();
@@ -682,14 +691,14 @@ uint64_t call_kind(int op, bool save, const at::Tensor& x, const Layout& L, cons
                   spec);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
-    const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+// The forward over the steps S: (out (R, H), h_n (N, H), the workspace or (0,)).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_steps(
+    const Steps& S, const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
     const c10::optional<at::Tensor>& w_hh, const c10::optional<at::Tensor>& b_ih,
-    const c10::optional<at::Tensor>& b_hh, const at::Tensor& batch_sizes, at::IntArrayRef spec,
-    bool reverse, bool save, const c10::optional<at::Tensor>& recurrent,
-    const c10::optional<at::Tensor>& candidate, const c10::optional<at::Tensor>& zoneout,
-    const c10::optional<at::Tensor>& ln_ih, const c10::optional<at::Tensor>& ln_hh) {
-  const Steps S = make_steps(batch_sizes);
+    const c10::optional<at::Tensor>& b_hh, at::IntArrayRef spec, bool reverse, bool save,
+    const c10::optional<at::Tensor>& recurrent, const c10::optional<at::Tensor>& candidate,
+    const c10::optional<at::Tensor>& zoneout, const c10::optional<at::Tensor>& ln_ih,
+    const c10::optional<at::Tensor>& ln_hh) {
   const Layout L = make_layout(spec, h0.size(1), present(recurrent), present(ln_ih));
   check_inputs(x, h0, w_ih, w_hh, b_ih, b_hh, L, S, recurrent, candidate, zoneout, ln_ih, ln_hh);
   g_calls.fetch_add(1);
@@ -713,6 +722,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
   return {out, h, ws};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
+    const at::Tensor& x, const at::Tensor& h0, const at::Tensor& w_ih,
+    const c10::optional<at::Tensor>& w_hh, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, const at::Tensor& batch_sizes, at::IntArrayRef spec,
+    bool reverse, bool save, const c10::optional<at::Tensor>& recurrent,
+    const c10::optional<at::Tensor>& candidate, const c10::optional<at::Tensor>& zoneout,
+    const c10::optional<at::Tensor>& ln_ih, const c10::optional<at::Tensor>& ln_hh) {
+  return forward_steps(make_steps(batch_sizes), x, h0, w_ih, w_hh, b_ih, b_hh, spec, reverse,
+                       save, recurrent, candidate, zoneout, ln_ih, ln_hh);
+}
+
 // One step of a batch of rows in inference, x (N, I) and h (N, H) -> h' (N, H), without options
 // or workspace: rnn_forward's result for a sequence of one step, with fewer arguments and no
 // batch_sizes tensor, so that a streaming caller (GRUCell, GRU.step) pays less per call.
@@ -727,22 +747,9 @@ at::Tensor rnn_step(const at::Tensor& x, const at::Tensor& h, const at::Tensor& 
   S.N = S.R = x.size(0);
   S.n = {S.N};
   S.off = {0};
-  const Layout L = make_layout(spec, h.size(1), false, false);
   const c10::optional<at::Tensor> none;
-  check_inputs(x, h, w_ih, w_hh, b_ih, b_hh, L, S, none, none, none, none, none);
-  g_calls.fetch_add(1);
-  TunedThreads threads(call_kind(0, false, x, L, S, spec, none, none, none, none));
-  SingleThreadedBlas blas_guard;
-  at::Tensor out = at::empty({S.R, L.H}, x.options());
-  at::Tensor state = h.clone(at::MemoryFormat::Contiguous);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "grukit_rnn_step", [&] {
-    const Extras<scalar_t> E{};
-    with_family(L, [&](auto cell) {
-      forward_impl<scalar_t, decltype(cell), false>(L, S, false, x, w_ih, w_hh, b_ih, b_hh, E, out,
-                                                    state, nullptr);
-    });
-  });
-  return state;
+  return std::get<1>(forward_steps(S, x, h, w_ih, w_hh, b_ih, b_hh, spec, false, false, none,
+                                   none, none, none, none));
 }
 
 // Gradients of one layer-direction. needs = (x, h0, weight_ih, weight_hh, bias_ih, bias_hh,
